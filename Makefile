@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create/reuse .venv and install torch==2.13.0 (CPU) before everything else.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR := build/demo
+
+.PHONY: demo test lint venv clean gallery evaluate
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m backmice_vision demo --out $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(PY) -m ruff check backmice_vision tests scripts
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+gallery: $(STAMP)
+	$(PY) scripts/gallery.py --out docs/gallery
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,134 @@
+"""The ``backmice`` command. Parses arguments and calls the library; nothing else.
+
+Exit codes: 0 all good, 1 some inputs failed, 2 usage or configuration error.
+Heavy modules (torch, monai, highdicom) are imported inside the handlers so that
+``backmice --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import BackmiceError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _info(ns: argparse.Namespace) -> int:
+    from .io.summary import print_series_summary
+
+    return print_series_summary(ns.folder)
+
+
+def _phantom(ns: argparse.Namespace) -> int:
+    from .phantoms.cli import run_phantom
+
+    return run_phantom(ns)
+
+
+def _detect(ns: argparse.Namespace) -> int:
+    from .model.cli import run_detect
+
+    return run_detect(ns)
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from .model.cli import run_train
+
+    return run_train(ns)
+
+
+def _evaluate(ns: argparse.Namespace) -> int:
+    from .model.cli import run_evaluate
+
+    return run_evaluate(ns)
+
+
+def _export(ns: argparse.Namespace) -> int:
+    from .model.cli import run_export
+
+    return run_export(ns)
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(ns.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backmice",
+        description="Find back mice (episacroiliac lipomas) in ultrasound and MRI DICOM series.",
+        epilog="Exit codes: 0 success, 1 some inputs failed, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("info", help="list the DICOM series found in a folder, one line each")
+    p.add_argument("folder", type=Path)
+    p.set_defaults(handler=_info)
+
+    p = sub.add_parser("phantom", help="generate synthetic lumbar US or MR studies with ground truth")
+    p.add_argument("--modality", choices=["us", "mr"], required=True)
+    p.add_argument("--cases", type=int, default=1, help="number of simulated subjects")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path, help="phantom YAML config (default: configs/phantom_<modality>.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_phantom)
+
+    p = sub.add_parser("detect", help="run the detector on a series (file or folder) and write results")
+    p.add_argument("path", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--formats", default="all", help="comma-separated: png,json,seg,sr,sc (default all)")
+    p.add_argument("--model", help="model folder (default: the shipped model for the modality)")
+    p.add_argument("--config", type=Path, help="inference thresholds YAML (default configs/inference.yaml)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(handler=_detect)
+
+    p = sub.add_parser("train", help="train a segmentation model from a YAML config")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("evaluate", help="FROC, Dice, defect AUC and calibration on a phantom set")
+    p.add_argument("--data", type=Path, required=True, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("build/evaluation"))
+    p.add_argument("--model", help="model folder (default: the shipped ones)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("export", help="export a model to ONNX or TorchScript")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("demo", help="generate the example series and run the whole job on them")
+    p.add_argument("--out", type=Path, default=Path("build/demo"))
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    handler: Handler = ns.handler
+    try:
+        return handler(ns)
+    except BackmiceError as exc:
+        print(f"backmice: error: {exc}", file=sys.stderr)
+        return 2 if exc.__class__.__name__ == "ConfigError" else 1
+    except KeyboardInterrupt:
+        print("backmice: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
