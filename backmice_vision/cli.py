@@ -54,6 +54,35 @@ def _export(ns: argparse.Namespace) -> int:
     return run_export(ns)
 
 
+def _batch(ns: argparse.Namespace) -> int:
+    from .batch import plan_jobs, print_summary, run_batch
+
+    if ns.dry_run:
+        jobs, unreadable = plan_jobs(ns.input_dir)
+        for job in jobs:
+            print(f"{job.modality:3s} {len(job.paths):4d} file(s)  {job.key}")
+        for path, reason in unreadable:
+            print(f"unreadable {path}: {reason}")
+        print(f"{len(jobs)} series would be processed")
+        return 0
+    formats = None if ns.formats == "all" else ns.formats.split(",")
+    report = run_batch(
+        ns.input_dir,
+        ns.out,
+        workers=ns.workers,
+        resume=ns.resume,
+        engine=ns.engine,
+        scheduler=ns.scheduler,
+        formats=formats,
+        model=ns.model,
+        device=ns.device,
+        progress="jsonl" if ns.jsonl else ("quiet" if ns.quiet else "bar"),
+    )
+    if not ns.jsonl:
+        print_summary(report)
+    return report.exit_code
+
+
 def _demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -78,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=1, help="number of simulated subjects")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--config", type=Path, help="phantom YAML config (default: configs/phantom_<modality>.yaml)")
+    p.add_argument(
+        "--config", type=Path, help="phantom YAML config (default: configs/phantom_<modality>.yaml)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_phantom)
 
@@ -90,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="inference thresholds YAML (default configs/inference.yaml)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(handler=_detect)
+
+    p = sub.add_parser("batch", help="detect in every series under a folder (resumable, parallel, Dask)")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model once)")
+    p.add_argument("--resume", action="store_true", help="skip series finished with the same inputs")
+    p.add_argument("--engine", choices=["local", "dask"], default="local")
+    p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster on 127.0.0.1)")
+    p.add_argument("--formats", default="all", help="comma-separated: png,json,seg,sr,sc (default all)")
+    p.add_argument("--model", help="model folder (default: the shipped models)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dry-run", action="store_true", help="list what would be processed and stop")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quiet", action="store_true", help="no progress bar")
+    mode.add_argument("--jsonl", action="store_true", help="one JSON line per finished series on stdout")
+    p.set_defaults(handler=_batch)
 
     p = sub.add_parser("train", help="train a segmentation model from a YAML config")
     p.add_argument("--config", type=Path, required=True)

@@ -1,0 +1,520 @@
+"""Batch detection over folders of DICOM: local worker processes or a Dask cluster, with resume.
+
+Layout of ``OUT_DIR``::
+
+    OUT_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/   outputs of one series (report.json, PNG, SEG, SR, SC)
+    OUT_DIR/manifest.jsonl                            one line per finished series (inputs hash, outputs)
+    OUT_DIR/summary.csv                               one row per series and finding
+    OUT_DIR/index.html                                thumbnails and a sortable table, no server needed
+
+Folder names are the UIDs when they are well-formed UIDs, otherwise a hash of them: header values
+never become paths. Every output is written to a temporary name and renamed, and a series enters the
+manifest only after all its outputs exist, so a killed run leaves nothing that ``--resume`` would trust.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BackmiceError
+
+MANIFEST = "manifest.jsonl"
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass
+class SeriesJob:
+    """One unit of work: the files of one series (paths only, so it pickles cheaply)."""
+
+    key: str  # "<study folder>/<series folder>", unique and path-safe
+    paths: list[str]
+    modality: str
+    description: str = ""
+
+
+@dataclass
+class SeriesOutcome:
+    """What happened to one series. ``status`` is "done", "skipped" (resume) or "failed"."""
+
+    key: str
+    status: str
+    modality: str = ""
+    input_hash: str = ""
+    error: str = ""
+    seconds: float = 0.0
+    series_probability: float | None = None
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # relative to OUT_DIR
+    key_image: str | None = None
+
+
+@dataclass
+class BatchReport:
+    outcomes: list[SeriesOutcome]
+    unreadable: list[tuple[str, str]]  # (path, reason) of files find_series could not read
+    seconds: float
+
+    @property
+    def failed(self) -> list[SeriesOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.unreadable else 0
+
+
+def safe_name(uid: str) -> str:
+    """A folder name for a UID: the UID itself when well-formed, else a short hash (never a header string)."""
+    if _UID_RE.match(uid) and len(uid) <= 64:
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def plan_jobs(input_dir: Path) -> tuple[list[SeriesJob], list[tuple[str, str]]]:
+    """Find every image series under ``input_dir``; return the jobs and the unreadable files."""
+    from .io import find_series
+
+    errors: list[tuple[str, str]] = []
+    refs = find_series(input_dir, errors=errors)
+    jobs = [
+        SeriesJob(
+            key=f"{safe_name(r.study_instance_uid)}/{safe_name(r.series_instance_uid)}",
+            paths=sorted(str(p) for p in r.paths),
+            modality=r.modality,
+            description=r.description,
+        )
+        for r in refs
+    ]
+    jobs.sort(key=lambda j: j.key)
+    return jobs, [(str(p), str(reason)) for p, reason in errors]
+
+
+def inputs_hash(paths: Iterable[str], model_tag: str) -> str:
+    """sha256 over the model tag and every input file's bytes, in sorted path order."""
+    h = hashlib.sha256(model_tag.encode())
+    for p in sorted(paths):
+        h.update(os.path.basename(p).encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# --- worker side -----------------------------------------------------------------------------------
+
+_DETECTOR: Any = None
+_DETECTOR_ARGS: tuple[str | None, str] | None = None
+
+
+def _detector(model: str | None, device: str) -> Any:
+    """The detector of this process, loaded once (per local worker or Dask worker process)."""
+    global _DETECTOR, _DETECTOR_ARGS
+    if _DETECTOR is None or (model, device) != _DETECTOR_ARGS:
+        from .model.detector import Detector
+
+        _DETECTOR = Detector.from_pretrained(model, device=device)
+        _DETECTOR_ARGS = (model, device)
+    return _DETECTOR
+
+
+def init_worker(model: str | None, device: str, threads: int) -> None:
+    """Process-pool initializer: share the cores between workers and load the model once."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    _detector(model, device)
+
+
+def model_tag(model: str | None) -> str:
+    """Identifies the weights that produce the results (part of the resume hash): their checksums."""
+    from .model.bundle import models_root
+
+    root = Path(model) if model else models_root()
+    parts = []
+    for meta in sorted(root.glob("metadata.json")) + sorted(root.glob("*/metadata.json")):
+        info = json.loads(meta.read_text())
+        parts.append(f"{meta.parent.name}:{info.get('version', '')}:{info.get('sha256', '')}")
+    return "|".join(parts) or "no-model"
+
+
+def process_job(
+    job: SeriesJob, out_dir: str, formats: list[str] | None, model: str | None, device: str, tag: str
+) -> SeriesOutcome:
+    """Detect one series and write its outputs; never raises for bad input."""
+    start = time.perf_counter()
+    outcome = SeriesOutcome(key=job.key, status="failed", modality=job.modality)
+    try:
+        outcome.input_hash = inputs_hash(job.paths, tag)
+        from .io import load_series
+
+        series = load_series([Path(p) for p in job.paths])
+        result = _detector(model, device).detect(series)
+        target = Path(out_dir) / job.key
+        written = result.save(target, formats)
+        outcome.outputs = sorted(str(p.relative_to(out_dir)) for paths in written.values() for p in paths)
+        montage = [p for p in outcome.outputs if p.endswith("montage.png")]
+        outcome.key_image = montage[0] if montage else None
+        outcome.series_probability = float(result.series_probability)
+        outcome.findings = [_finding_row(n) for n in result.nodules]
+        outcome.status = "done"
+    except BackmiceError as exc:
+        outcome.error = str(exc)
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+        outcome.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _finding_row(n: Any) -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "confidence": round(float(n.confidence), 4),
+        "longest_diameter_mm": None if n.longest_diameter_mm is None else round(n.longest_diameter_mm, 2),
+        "depth_mm": None if n.depth_mm is None else round(float(n.depth_mm), 2),
+        "side": n.side or "",
+        "fascia_defect_probability": round(float(n.fascia_defect.probability), 4),
+        "fascia_defect_present": bool(n.fascia_defect.present),
+    }
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+
+def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Finished series by key. Unparsable lines (a run killed mid-write) are ignored."""
+    entries: dict[str, dict[str, Any]] = {}
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return entries
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "key" in entry:
+            entries[entry["key"]] = entry
+    return entries
+
+
+def _manifest_trusts(entry: dict[str, Any] | None, job: SeriesJob, digest: str, out_dir: Path) -> bool:
+    if not entry or entry.get("input_hash") != digest or entry.get("status") != "done":
+        return False
+    return all((out_dir / p).is_file() for p in entry.get("outputs", []))
+
+
+def _append_manifest(out_dir: Path, outcome: SeriesOutcome) -> None:
+    with open(out_dir / MANIFEST, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(asdict(outcome)) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# --- engines -------------------------------------------------------------------------------------
+
+
+def _run_local(
+    jobs: list[SeriesJob],
+    out_dir: Path,
+    formats: list[str] | None,
+    model: str | None,
+    device: str,
+    tag: str,
+    workers: int,
+) -> Iterator[SeriesOutcome]:
+    if workers <= 1:
+        for job in jobs:
+            yield process_job(job, str(out_dir), formats, model, device, tag)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(model, device, threads),
+    ) as pool:
+        futures = [pool.submit(process_job, j, str(out_dir), formats, model, device, tag) for j in jobs]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _run_dask(
+    jobs: list[SeriesJob],
+    out_dir: Path,
+    formats: list[str] | None,
+    model: str | None,
+    device: str,
+    tag: str,
+    workers: int,
+    scheduler: str | None,
+) -> Iterator[SeriesOutcome]:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise BackmiceError("the Dask engine needs `pip install 'backmice-vision[dask]'`") from exc
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(
+            n_workers=max(1, workers),
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        client = Client(cluster)
+    try:
+        futures = [
+            client.submit(process_job, j, str(out_dir), formats, model, device, tag, pure=False) for j in jobs
+        ]
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line live progress bar on stderr (``bar``), nothing (``quiet``) or JSON lines on stdout."""
+
+    def __init__(self, total: int, mode: str) -> None:
+        self.total, self.mode = total, mode
+        self.done = self.failed = 0
+        self.start = time.perf_counter()
+
+    def update(self, outcome: SeriesOutcome) -> None:
+        self.done += 1
+        self.failed += outcome.status == "failed"
+        if self.mode == "jsonl":
+            print(json.dumps(asdict(outcome)), flush=True)
+        elif self.mode == "bar":
+            elapsed = time.perf_counter() - self.start
+            rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
+            eta = (self.total - self.done) / (self.done / elapsed) if self.done and elapsed > 0 else 0.0
+            width = 24
+            filled = int(width * self.done / max(1, self.total))
+            sys.stderr.write(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} series  "
+                f"{rate:.1f}/min  ETA {eta:4.0f}s  failures {self.failed}  "
+            )
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --- the batch -----------------------------------------------------------------------------------
+
+
+def run_batch(
+    input_dir: Path,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+    resume: bool = False,
+    engine: str = "local",
+    scheduler: str | None = None,
+    formats: list[str] | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    progress: str = "bar",
+    on_outcome: Callable[[SeriesOutcome], None] | None = None,
+) -> BatchReport:
+    """Run detection on every series under ``input_dir``; see the module docstring for the layout."""
+    start = time.perf_counter()
+    jobs, unreadable = plan_jobs(input_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = model_tag(model)
+    finished = read_manifest(out_dir) if resume else {}
+    outcomes: list[SeriesOutcome] = []
+    todo: list[SeriesJob] = []
+    for job in jobs:
+        entry = finished.get(job.key)
+        if entry is not None:
+            try:
+                digest = inputs_hash(job.paths, tag)
+            except OSError:
+                digest = ""
+            if _manifest_trusts(entry, job, digest, out_dir):
+                kept = SeriesOutcome(
+                    **{k: v for k, v in entry.items() if k in SeriesOutcome.__dataclass_fields__}
+                )
+                kept.status = "skipped"
+                outcomes.append(kept)
+                continue
+        todo.append(job)
+    bar = Progress(len(todo), progress)
+    if engine == "local":
+        stream = _run_local(todo, out_dir, formats, model, device, tag, workers)
+    elif engine == "dask":
+        stream = _run_dask(todo, out_dir, formats, model, device, tag, workers, scheduler)
+    else:
+        raise BackmiceError(f"unknown engine {engine!r} (local or dask)")
+    for outcome in stream:
+        if outcome.status == "done":
+            _append_manifest(out_dir, outcome)
+        outcomes.append(outcome)
+        bar.update(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    outcomes.sort(key=lambda o: o.key)
+    report = BatchReport(outcomes, unreadable, time.perf_counter() - start)
+    write_summary_csv(report, out_dir / "summary.csv")
+    write_index_html(report, out_dir / "index.html")
+    return report
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+SUMMARY_COLUMNS = (
+    "series",
+    "modality",
+    "status",
+    "series_probability",
+    "finding",
+    "confidence",
+    "longest_diameter_mm",
+    "depth_mm",
+    "side",
+    "fascia_defect_present",
+    "fascia_defect_probability",
+    "seconds",
+    "error",
+)
+
+
+def write_summary_csv(report: BatchReport, path: Path) -> None:
+    """One row per series and finding (a series without findings gets one row with empty finding cells)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(SUMMARY_COLUMNS)
+    for o in report.outcomes:
+        base = [
+            o.key,
+            o.modality,
+            o.status,
+            "" if o.series_probability is None else f"{o.series_probability:.4f}",
+        ]
+        tail = [f"{o.seconds:.2f}", o.error]
+        if not o.findings:
+            writer.writerow([*base, "", "", "", "", "", "", "", *tail])
+        for f in o.findings:
+            writer.writerow(
+                [
+                    *base,
+                    f["id"],
+                    f["confidence"],
+                    f["longest_diameter_mm"],
+                    f["depth_mm"],
+                    f["side"],
+                    f["fascia_defect_present"],
+                    f["fascia_defect_probability"],
+                    *tail,
+                ]
+            )
+    for p, reason in report.unreadable:
+        writer.writerow([Path(p).name, "", "failed", "", "", "", "", "", "", "", "", "", reason])
+    _atomic_write_text(path, buf.getvalue())
+
+
+def write_index_html(report: BatchReport, path: Path) -> None:
+    """A self-contained page: key-image thumbnails and a table sortable by clicking its headers."""
+    rows = []
+    for o in report.outcomes:
+        thumb = f'<img src="{html.escape(o.key_image)}" loading="lazy">' if o.key_image else ""
+        best = max((f["confidence"] for f in o.findings), default=None)
+        prob = "" if o.series_probability is None else f"{o.series_probability:.2f}"
+        rows.append(
+            f"<tr class='{o.status}'><td>{thumb}</td><td>{html.escape(o.key)}</td>"
+            f"<td>{html.escape(o.modality)}</td>"
+            f"<td>{o.status}</td><td>{prob}</td><td>{len(o.findings)}</td>"
+            f"<td>{'' if best is None else f'{best:.2f}'}</td><td>{o.seconds:.1f}</td>"
+            f"<td>{html.escape(o.error)}</td></tr>"
+        )
+    for p, reason in report.unreadable:
+        rows.append(
+            f"<tr class='failed'><td></td><td>{html.escape(Path(p).name)}</td><td></td><td>failed</td>"
+            f"<td></td><td></td><td></td><td></td><td>{html.escape(reason)}</td></tr>"
+        )
+    done = sum(o.status != "failed" for o in report.outcomes)
+    page = _INDEX_TEMPLATE.format(
+        rows="\n".join(rows),
+        done=done,
+        failed=len(report.failed) + len(report.unreadable),
+        seconds=f"{report.seconds:.0f}",
+    )
+    _atomic_write_text(path, page)
+
+
+_INDEX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>backmice batch results</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 8px;font-size:14px}} th{{cursor:pointer;background:#f0f0f0}}
+img{{max-height:120px}} tr.failed td{{background:#fde8e8}}
+</style></head><body>
+<h1>backmice batch results</h1>
+<p>{done} series processed, {failed} failed, {seconds} s. Research use only, not for diagnosis.</p>
+<table id="t"><thead><tr><th>key image</th><th>series</th><th>modality</th><th>status</th>
+<th>P(back mouse)</th><th>findings</th><th>best confidence</th><th>seconds</th><th>error</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<script>
+document.querySelectorAll("#t th").forEach((th, col) => th.addEventListener("click", () => {{
+  const body = document.querySelector("#t tbody");
+  const rows = Array.from(body.rows);
+  const dir = th.dataset.dir === "asc" ? -1 : 1; th.dataset.dir = dir === 1 ? "asc" : "desc";
+  const val = r => r.cells[col].innerText; const num = v => v !== "" && !isNaN(v);
+  rows.sort((a, b) => {{ const x = val(a), y = val(b);
+    return dir * (num(x) && num(y) ? x - y : x.localeCompare(y)); }});
+  rows.forEach(r => body.appendChild(r));
+}}));
+</script></body></html>
+"""
+
+
+def print_summary(report: BatchReport, stream: Any = None) -> None:
+    """The end-of-run table: one line per series, then every failure with its reason."""
+    out = stream or sys.stderr
+    counts: dict[str, int] = {}
+    for o in report.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    print(
+        f"{len(report.outcomes)} series in {report.seconds:.1f} s: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+        file=out,
+    )
+    for o in report.outcomes:
+        if o.status != "failed":
+            prob = "" if o.series_probability is None else f"P={o.series_probability:.2f}"
+            print(
+                f"  {o.status:7s} {o.modality:3s} {o.key[-40:]:40s} {len(o.findings)} finding(s) {prob}",
+                file=out,
+            )
+    for o in report.failed:
+        print(f"  failed  {o.modality:3s} {o.key[-40:]:40s} {o.error}", file=out)
+    for p, reason in report.unreadable:
+        print(f"  failed  unreadable file {p}: {reason}", file=out)
