@@ -86,7 +86,7 @@ def plan_jobs(input_dir: Path) -> tuple[list[SeriesJob], list[tuple[str, str]]]:
     """Find every image series under ``input_dir``; return the jobs and the unreadable files."""
     from .io import find_series
 
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[Path, str]] = []
     refs = find_series(input_dir, errors=errors)
     jobs = [
         SeriesJob(
@@ -139,9 +139,9 @@ def init_worker(model: str | None, device: str, threads: int) -> None:
 
 def model_tag(model: str | None) -> str:
     """Identifies the weights that produce the results (part of the resume hash): their checksums."""
-    from .model.bundle import models_root
+    from .model.bundle import MODELS_DIR
 
-    root = Path(model) if model else models_root()
+    root = Path(model) if model else MODELS_DIR
     parts = []
     for meta in sorted(root.glob("metadata.json")) + sorted(root.glob("*/metadata.json")):
         info = json.loads(meta.read_text())

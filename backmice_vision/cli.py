@@ -83,6 +83,12 @@ def _batch(ns: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _serve(ns: argparse.Namespace) -> int:
+    from .node.cli import run_serve
+
+    return run_serve(ns)
+
+
 def _demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -156,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=_export)
+
+    p = sub.add_parser("serve", help="run the DICOM node: receive series, detect, send results back")
+    p.add_argument("--config", type=Path, default=Path("configs/node.yaml"), help="node YAML config")
+    p.add_argument("--status", action="store_true", help="print the journal's series states and exit")
+    p.set_defaults(handler=_serve)
 
     p = sub.add_parser("demo", help="generate the example series and run the whole job on them")
     p.add_argument("--out", type=Path, default=Path("build/demo"))

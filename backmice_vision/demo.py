@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
-DEMO_CASES = (("us", 11), ("mr", 12))
+DEMO_CASES: tuple[tuple[Literal["us", "mr"], int], ...] = (("us", 11), ("mr", 12))
 
 
 def run_demo(out_dir: Path) -> int:

@@ -1,0 +1,467 @@
+"""Evaluation on phantom case folders: lesion FROC, per-nodule Dice, fascia-defect AUC, calibration.
+
+``backmice evaluate --data DIR`` calls :func:`run_evaluation`. Each case folder holds ``ground_truth.json``
+(schema ``backmice.phantom/1``, see ``docs/architecture.md``), ``dicom/<series-folder>/`` and
+``seg/<series-folder>.dcm``. Per series the detector's nodules are matched to the series' ground-truth
+nodules with :func:`backmice_vision.findings.match_nodules` (centre within half the longest diameter,
+at least 5 mm).
+
+Definitions (per modality):
+
+* **Targets** are ground-truth nodules with ``visible`` true and a longest diameter ≥ 8 mm; ``froc`` uses
+  them, ``froc_all`` uses every ground-truth nodule. A prediction that hits a target is a true positive for
+  that lesion (its confidence is the lesion's score); a prediction that hits no ground-truth nodule is a
+  false positive; second hits on one nodule and hits on non-target nodules are neither.
+* **FROC**: sensitivity at 0.125, 0.25, 0.5, 1, 2 false positives per series (an ultrasound single image
+  or frame set is one series, an MR stack is one series); ``mean_sensitivity`` averages those five.
+* **Dice**: per detected target nodule, between the prediction's mask and that nodule's ground-truth mask.
+  The ground-truth SEG's "nodule" segment is split into instances by connected components (8-connected
+  in-plane, linked across slices / frames through overlap, as the predictions are); each instance goes to
+  the ground-truth nodule whose ``center_voxel`` it contains, else to the nodule with the nearest
+  centroid (in voxels). Touching nodules share one instance.
+* **Defect AUC**: over hit ground-truth nodules, predicted ``fascia_defect.probability`` against the
+  ground truth's ``defect.present`` (Mann-Whitney AUC, ties count one half).
+* **Calibration**: every prediction's ``confidence`` against whether it hit a ground-truth nodule: ECE
+  (10 bins) and a reliability diagram.
+* **Series AUC**: ``series_probability`` against "the series shows at least one target".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackmiceError, ConfigError, InvalidDicom
+from .findings import match_nodules, nodule_dice, nodule_full_mask
+from .types import ImageSeries, Nodule
+
+FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
+TARGET_MIN_DIAMETER_MM = 8.0
+SCHEMA = "backmice.evaluation/1"
+
+
+# --------------------------------------------------------------------------- pure metrics
+
+
+def froc(
+    lesion_scores: Sequence[float | None],
+    fp_scores: Sequence[float],
+    n_images: int,
+    fp_rates: Sequence[float] = FP_RATES,
+) -> dict[str, Any]:
+    """Lesion-level free-response ROC.
+
+    Parameters
+    ----------
+    lesion_scores : sequence of float or None
+        One entry per target lesion: the confidence of the prediction that detected it, None if missed.
+    fp_scores : sequence of float
+        Confidences of the false-positive predictions.
+    n_images : int
+        Number of images (series) the false positives are spread over.
+    fp_rates : sequence of float
+        False positives per image at which sensitivity is reported.
+
+    Returns
+    -------
+    dict
+        ``sensitivity`` at each rate (the best sensitivity of any confidence threshold whose false
+        positives per image do not exceed the rate; None when there are no lesions),
+        ``mean_sensitivity`` and ``curve`` (``[fp_per_image, sensitivity]`` per distinct threshold).
+    """
+    if n_images <= 0:
+        raise ValueError("FROC needs at least one image")
+    hits = np.array([s for s in lesion_scores if s is not None], dtype=np.float64)
+    fps = np.asarray(fp_scores, dtype=np.float64)
+    n_les = len(lesion_scores)
+    thresholds = np.unique(np.concatenate([hits, fps]))[::-1]
+    curve = [[0.0, 0.0]]
+    for t in thresholds:
+        curve.append([float((fps >= t).sum()) / n_images, float((hits >= t).sum()) / n_les if n_les else 0.0])
+    if n_les == 0:
+        return {
+            "fp_rates": list(fp_rates),
+            "sensitivity": [None] * len(fp_rates),
+            "mean_sensitivity": None,
+            "curve": curve,
+            "n_lesions": 0,
+            "n_images": n_images,
+        }
+    sens = [max(s for f, s in curve if f <= rate) for rate in fp_rates]
+    return {
+        "fp_rates": list(fp_rates),
+        "sensitivity": sens,
+        "mean_sensitivity": float(np.mean(sens)),
+        "curve": curve,
+        "n_lesions": n_les,
+        "n_images": n_images,
+    }
+
+
+def auc(scores: Sequence[float], labels: Sequence[int | bool]) -> float | None:
+    """ROC AUC by the Mann-Whitney U statistic (ties count one half); None without both classes."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def is_target(truth: dict[str, Any]) -> bool:
+    """A ground-truth nodule counted for the headline metrics: visible and ≥ 8 mm longest diameter."""
+    diam = truth.get("diameters_mm") or [0.0]
+    return bool(truth.get("visible", True)) and float(max(diam)) >= TARGET_MIN_DIAMETER_MM
+
+
+def read_ground_truth(path: Path) -> dict[str, Any]:
+    """Read and check a phantom ``ground_truth.json``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read ground truth ({type(exc).__name__})", path) from exc
+    if not isinstance(data, dict) or data.get("schema") != "backmice.phantom/1":
+        raise ConfigError("not a backmice.phantom/1 ground-truth file", path)
+    if not isinstance(data.get("series"), list):
+        raise ConfigError("ground truth has no series list", path)
+    return data
+
+
+def read_truth_mask(seg_path: Path, series: ImageSeries, segment: str = "nodule") -> np.ndarray:
+    """The ``segment`` of a DICOM SEG as bool ``(n, rows, cols)`` on the series' source grid.
+
+    SEG frames are placed through their referenced source SOP Instance UID and frame number
+    (DerivationImageSequence), matched against ``series.sources``.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(seg_path)
+        number = next(
+            (int(s.SegmentNumber) for s in ds.SegmentSequence if str(s.SegmentLabel).lower() == segment), None
+        )
+        frames = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types on bad files
+        raise InvalidDicom(f"cannot read the SEG ({type(exc).__name__})", seg_path) from exc
+    out = np.zeros(series.shape, dtype=bool)
+    if number is None:
+        return out
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.shape[1:] != series.shape[1:]:
+        raise InvalidDicom(f"SEG frames are {frames.shape[1:]}, the series {series.shape[1:]}", seg_path)
+    where = {(s.sop_instance_uid, int(s.frame_number)): k for k, s in enumerate(series.sources)}
+    for f, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        if int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
+            continue
+        try:
+            src = fg.DerivationImageSequence[0].SourceImageSequence[0]
+        except (AttributeError, IndexError) as exc:
+            raise InvalidDicom(f"SEG frame {f + 1} names no source image", seg_path) from exc
+        numbers = getattr(src, "ReferencedFrameNumber", 1)
+        numbers = (
+            list(numbers) if isinstance(numbers, Iterable) and not isinstance(numbers, str) else [numbers]
+        )
+        for fn in numbers:
+            k = where.get((str(src.ReferencedSOPInstanceUID), int(fn)))
+            if k is None:
+                raise InvalidDicom(f"SEG frame {f + 1} references an image outside the series", seg_path)
+            out[k] |= frames[f] > 0
+    return out
+
+
+def split_truth_instances(mask: np.ndarray, truth: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+    """Split a ground-truth nodule mask into one bool mask per truth index (see the module docstring)."""
+    from scipy import ndimage
+
+    from .findings import _tracking_structure
+
+    labels, n = ndimage.label(mask, structure=_tracking_structure())
+    if n == 0:
+        return {}
+    centroids = np.array(ndimage.center_of_mass(mask, labels, range(1, n + 1)), dtype=np.float64).reshape(
+        n, 3
+    )
+    out = {}
+    for t, tr in enumerate(truth):
+        c = np.asarray(tr["center_voxel"], dtype=np.float64)
+        idx = tuple(np.clip(np.rint(c).astype(int), 0, np.array(mask.shape) - 1))
+        lab = int(labels[idx])
+        if lab == 0:
+            lab = 1 + int(np.argmin(np.linalg.norm(centroids - c, axis=1)))
+        out[t] = labels == lab
+    return out
+
+
+# --------------------------------------------------------------------------- per series
+
+
+@dataclass
+class SeriesRecord:
+    """What one series contributes to the metrics."""
+
+    modality: str
+    case: str
+    folder: str
+    n_predictions: int
+    lesion_scores: list[float | None]  # targets
+    lesion_scores_all: list[float | None]  # every ground-truth nodule
+    fp_scores: list[float]
+    dice: list[float] = field(default_factory=list)
+    defect_pairs: list[tuple[float, bool]] = field(default_factory=list)
+    calibration_pairs: list[tuple[float, bool]] = field(default_factory=list)
+    series_probability: float = 0.0
+    has_target: bool = False
+    errors_mm: dict[str, list[float]] = field(default_factory=dict)
+
+
+def evaluate_series(
+    series: ImageSeries,
+    nodules: list[Nodule],
+    series_probability: float,
+    truth_entry: dict[str, Any],
+    truth_mask: np.ndarray | None = None,
+    case: str = "",
+) -> SeriesRecord:
+    """Match one series' predictions to its ground-truth entry (``ground_truth.json`` ``series[i]``)."""
+    truth = list(truth_entry.get("nodules", []))
+    targets = [is_target(t) for t in truth]
+    matches = match_nodules(nodules, truth, series)
+    best: dict[int, float] = {}
+    fp_scores: list[float] = []
+    calibration: list[tuple[float, bool]] = []
+    hit_pred: dict[int, int] = {}
+    for m in matches:
+        if m.pred is None:
+            continue
+        conf = float(nodules[m.pred].confidence)
+        calibration.append((conf, m.truth is not None))
+        if m.truth is None:
+            fp_scores.append(conf)
+        elif not m.duplicate:
+            best[m.truth] = conf
+            hit_pred[m.truth] = m.pred
+    instances = split_truth_instances(truth_mask, truth) if truth_mask is not None else {}
+    dice: list[float] = []
+    defect: list[tuple[float, bool]] = []
+    errors: dict[str, list[float]] = {"longest_diameter": [], "depth": [], "fascia_depth": []}
+    for t, p in hit_pred.items():
+        pred, tr = nodules[p], truth[t]
+        if targets[t] and t in instances:
+            dice.append(nodule_dice(nodule_full_mask(pred, series.shape), instances[t]))
+        gt_defect = tr.get("defect")
+        if isinstance(gt_defect, dict) and "present" in gt_defect:
+            defect.append((float(pred.fascia_defect.probability), bool(gt_defect["present"])))
+        if targets[t]:
+            pairs = (
+                ("longest_diameter", pred.longest_diameter_mm, max(tr.get("diameters_mm") or [0.0])),
+                ("depth", pred.depth_mm, tr.get("depth_mm")),
+                ("fascia_depth", pred.fascia_depth_mm, tr.get("fascia_depth_mm")),
+            )
+            for name, got, want in pairs:
+                if got is not None and want is not None:
+                    errors[name].append(abs(float(got) - float(want)))
+    return SeriesRecord(
+        modality=series.modality,
+        case=case,
+        folder=str(truth_entry.get("folder", "")),
+        n_predictions=len(nodules),
+        lesion_scores=[best.get(t) for t in range(len(truth)) if targets[t]],
+        lesion_scores_all=[best.get(t) for t in range(len(truth))],
+        fp_scores=fp_scores,
+        dice=dice,
+        defect_pairs=defect,
+        calibration_pairs=calibration,
+        series_probability=float(series_probability),
+        has_target=any(targets),
+        errors_mm=errors,
+    )
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "mean": None, "median": None}
+    return {"n": len(values), "mean": float(np.mean(values)), "median": float(np.median(values))}
+
+
+def summarise(records: list[SeriesRecord], plots_dir: Path | None = None) -> dict[str, Any]:
+    """Per-modality metrics from series records; with ``plots_dir``, reliability PNGs are written there."""
+    from .model.calibration import expected_calibration_error, reliability_diagram
+
+    out: dict[str, Any] = {}
+    for modality in sorted({r.modality for r in records}):
+        recs = [r for r in records if r.modality == modality]
+        n = len(recs)
+        lesions = [s for r in recs for s in r.lesion_scores]
+        fps = [s for r in recs for s in r.fp_scores]
+        cal = [c for r in recs for c in r.calibration_pairs]
+        defect = [d for r in recs for d in r.defect_pairs]
+        m: dict[str, Any] = {
+            "n_series": n,
+            "n_cases": len({r.case for r in recs}),
+            "n_target_nodules": len(lesions),
+            "n_nodules": sum(len(r.lesion_scores_all) for r in recs),
+            "n_predictions": sum(r.n_predictions for r in recs),
+            "froc": froc(lesions, fps, n),
+            "froc_all": froc([s for r in recs for s in r.lesion_scores_all], fps, n),
+            "dice": _stats([d for r in recs for d in r.dice]),
+            "defect_auc": auc([p for p, _ in defect], [y for _, y in defect]),
+            "n_defect_pairs": len(defect),
+            "series_auc": auc([r.series_probability for r in recs], [r.has_target for r in recs]),
+            "measurement_abs_error_mm": {
+                k: _stats([e for r in recs for e in r.errors_mm.get(k, [])])
+                for k in ("longest_diameter", "depth", "fascia_depth")
+            },
+            "ece": None,
+            "n_calibration": len(cal),
+        }
+        if cal:
+            probs, labels = [c for c, _ in cal], [int(y) for _, y in cal]
+            m["ece"] = expected_calibration_error(probs, labels)
+            if plots_dir is not None:
+                png = reliability_diagram(
+                    probs,
+                    labels,
+                    plots_dir / f"reliability_{modality.lower()}.png",
+                    title=f"{modality} nodules",
+                )
+                m["reliability_png"] = png.name
+        out[modality] = m
+    return out
+
+
+def froc_plot(curves: dict[str, list[list[float]]], path: Path) -> Path:
+    """FROC curves (sensitivity against false positives per series, log2 x axis from 1/16 to 8) as PNG."""
+    from PIL import Image, ImageDraw
+
+    size, margin = 440, 55
+    plot = size - 2 * margin
+    lo, hi = -4.0, 3.0  # log2 range of the x axis
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+
+    def xy(fp: float, sens: float) -> tuple[float, float]:
+        x = (np.clip(np.log2(max(fp, 2.0**lo)), lo, hi) - lo) / (hi - lo)
+        return (margin + float(x) * plot, size - margin - sens * plot)
+
+    draw.rectangle([xy(2.0**lo, 1.0), xy(2.0**hi, 0.0)], outline="black")
+    for rate in (*FP_RATES, 4.0, 8.0):
+        x, y = xy(rate, 0.0)
+        draw.line([(x, y), (x, y + 4)], fill="black")
+        draw.text((x - 10, y + 6), f"{rate:g}", fill="black")
+    for s in (0.0, 0.5, 1.0):
+        draw.text((margin - 30, xy(1.0, s)[1] - 6), f"{s:.1f}", fill="black")
+    colours = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 160)]
+    for n, (name, curve) in enumerate(sorted(curves.items())):
+        colour = colours[n % len(colours)]
+        pts = []
+        for (f0, s0), (f1, _) in zip(curve, [*curve[1:], [2.0**hi, 0.0]], strict=True):
+            pts += [xy(f0, s0), xy(max(f1, f0), s0)]  # step function
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        draw.text((margin + 8, margin + 8 + 14 * n), name, fill=colour)
+    draw.text((size // 2 - 70, size - 20), "false positives per series", fill="black")
+    draw.text((margin, 18), "FROC (target nodules)", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def find_cases(data_dirs: Iterable[Path]) -> list[Path]:
+    """``ground_truth.json`` files of the case folders in ``data_dirs`` (each a case or a parent of cases)."""
+    found: set[Path] = set()
+    for d in data_dirs:
+        d = Path(d)
+        if not d.exists():
+            raise ConfigError("data folder not found", d)
+        if (d / "ground_truth.json").is_file():
+            found.add(d / "ground_truth.json")
+        else:
+            found.update(p for p in d.glob("*/ground_truth.json") if p.is_file())
+    return sorted(found)
+
+
+def run_evaluation(
+    data_dirs: list[Path], out_dir: Path, model: str | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Run the detector over phantom case folders and write ``out_dir/evaluation.json`` and PNG plots.
+
+    Series that cannot be loaded or detected are listed under ``problems`` (one line each) and skipped.
+    Returns the report written to ``evaluation.json``.
+    """
+    from .io import load_series
+    from .model.detector import Detector
+
+    cases = find_cases(data_dirs)
+    if not cases:
+        raise ConfigError(
+            f"no phantom case folders (ground_truth.json) under {', '.join(map(str, data_dirs))}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    detector = Detector.from_pretrained(model, device)
+    records: list[SeriesRecord] = []
+    problems: list[str] = []
+    for gt_path in cases:
+        case_dir = gt_path.parent
+        truth = read_ground_truth(gt_path)
+        for entry in truth["series"]:
+            where = f"{case_dir.name}/{entry.get('folder', '?')}"
+            try:
+                series = load_series(case_dir / entry["folder"])
+                if entry.get("series_instance_uid") not in (None, series.series_instance_uid):
+                    problems.append(f"{where}: series UID differs from the ground truth; skipped")
+                    continue
+                result = detector.detect(series)
+                seg = case_dir / entry["seg"] if entry.get("seg") else None
+                mask = read_truth_mask(seg, series) if seg is not None and seg.is_file() else None
+            except BackmiceError as exc:
+                problems.append(f"{where}: {exc.reason}")
+                continue
+            except KeyError as exc:
+                problems.append(f"{where}: ground-truth series entry lacks {exc}")
+                continue
+            records.append(
+                evaluate_series(series, result.nodules, result.series_probability, entry, mask, case_dir.name)
+            )
+    metrics = summarise(records, out_dir)
+    froc_png = froc_plot({m: v["froc"]["curve"] for m, v in metrics.items()}, out_dir / "froc.png")
+    report = {
+        "schema": SCHEMA,
+        "model": model or "default",
+        "n_cases": len(cases),
+        "n_series": len(records),
+        "target_definition": f"visible and longest diameter >= {TARGET_MIN_DIAMETER_MM:g} mm",
+        "modalities": metrics,
+        "froc_png": froc_png.name,
+        "series": [
+            {
+                "case": r.case,
+                "folder": r.folder,
+                "modality": r.modality,
+                "n_predictions": r.n_predictions,
+                "n_targets": len(r.lesion_scores),
+                "n_detected_targets": sum(s is not None for s in r.lesion_scores),
+                "n_false_positives": len(r.fp_scores),
+                "series_probability": r.series_probability,
+            }
+            for r in records
+        ],
+        "problems": problems,
+    }
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,69 @@
+"""Writing a :class:`DetectionResult`: :func:`save_result` (called by ``DetectionResult.save``).
+
+Files in ``out_dir`` (no patient identifier in any name):
+
+* ``png``: ``overlay_k<k>.png`` per frame with a finding and ``montage.png`` (:mod:`backmice_vision.render`)
+* ``json``: ``report.json``, schema ``backmice.report/1`` (:mod:`.report`)
+* ``seg``: ``seg.dcm``, DICOM SEG (:mod:`.seg`)
+* ``sr``: ``sr.dcm``, TID 1500 SR citing the SEG (:mod:`.sr`); asking for ``sr`` also writes ``seg.dcm``
+* ``sc``: ``sc_k<k>.dcm``, Secondary Capture of each overlay (:mod:`.sc`)
+
+Every file is written through a temporary file in ``out_dir`` and ``os.replace``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..types import DetectionResult
+
+FORMATS: tuple[str, ...] = ("png", "json", "seg", "sr", "sc")
+
+
+def check_formats(formats: list[str] | None) -> list[str]:
+    """The formats to write, in :data:`FORMATS` order (all when ``None``); unknown names raise ConfigError."""
+    if formats is None:
+        return list(FORMATS)
+    wanted = {f.strip().lower() for f in formats if f.strip()}
+    unknown = sorted(wanted - set(FORMATS))
+    if unknown:
+        raise ConfigError(f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    return [f for f in FORMATS if f in wanted]
+
+
+def save_result(
+    result: DetectionResult, out_dir: Path, formats: list[str] | None = None
+) -> dict[str, list[Path]]:
+    """Write the requested outputs of ``result`` to ``out_dir``; returns the paths written per format."""
+    chosen = check_formats(formats)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {f: [] for f in chosen}
+    if "png" in chosen:
+        from ..render import save_montage, save_overlays
+
+        written["png"] = [*save_overlays(result, out_dir), save_montage(result, out_dir / "montage.png")]
+    if "seg" in chosen or "sr" in chosen:
+        from .dicom_common import save_atomic
+        from .seg import build_seg
+
+        seg = build_seg(result)
+        written["seg"] = [save_atomic(seg, out_dir / "seg.dcm")]
+        if "sr" in chosen:
+            from .sr import build_sr
+
+            written["sr"] = [save_atomic(build_sr(result, seg), out_dir / "sr.dcm")]
+    if "sc" in chosen:
+        from .sc import write_sc
+
+        written["sc"] = write_sc(result, out_dir)
+    if "json" in chosen:
+        from .report import write_report
+
+        others = {k: v for k, v in written.items() if k != "json"}
+        written["json"] = [write_report(result, out_dir / "report.json", others)]
+    return written

@@ -1,0 +1,214 @@
+"""DICOM Segmentation (BINARY) of a :class:`DetectionResult`, pixel-aligned with the source frames.
+
+Segments: one per nodule (number ``i`` = ``result.nodules[i - 1]``, label ``"nodule <id>"``, SNOMED
+Lipoma, orange) followed by one ``"fascia defect"`` segment (SNOMED Lesion, sky blue) holding the
+``label_map == DEFECT`` pixels. Every frame has the source's stored rows × columns: for ultrasound the
+full frame, with nothing outside the analysed regions (the masks are zero there).
+
+A result without nodules still gives a valid SEG: the defect segment alone, with empty frames when no
+defect pixel was found (highdicom keeps all frames when every frame is empty).
+
+Sources with a Frame of Reference (MR, classic or Enhanced) go through ``highdicom.seg.Segmentation``.
+highdicom 0.28 builds a SEG without a Frame of Reference (ultrasound) for one source frame only, so for
+ultrasound the SEG is built for one frame and its per-frame items are repeated for every (source frame,
+non-empty segment), each citing its source instance and frame.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..labels import DEFECT
+from .dicom_common import (
+    MANUFACTURER,
+    SERIES_DESCRIPTIONS,
+    SERIES_NUMBERS,
+    add_provenance,
+    algorithm_identification,
+    model_name,
+    save_atomic,
+    software_version,
+    source_datasets,
+)
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from ..types import DetectionResult, Nodule
+
+# CIELab display colours of the Okabe–Ito orange (#E69F00) and sky blue (#56B4E9).
+NODULE_LAB = (73.0, 20.0, 75.0)
+DEFECT_LAB = (70.0, -10.0, -35.0)
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+
+
+def nodule_tracking_uid(result: DetectionResult, nodule: Nodule) -> str:
+    """A tracking UID for a nodule, stable for the same series, model and nodule id (SEG and SR share it)."""
+    from pydicom.uid import generate_uid
+
+    parts = ["backmice nodule", result.series.series_instance_uid, result.model_id, result.model_version]
+    return str(generate_uid(entropy_srcs=[*parts, str(nodule.id)]))
+
+
+def segment_masks(result: DetectionResult) -> np.ndarray:
+    """bool ``(n, rows, cols, n_nodules + 1)``: each nodule's mask at its bbox, then the defect pixels."""
+    n, rows, cols = result.series.shape
+    masks = np.zeros((n, rows, cols, len(result.nodules) + 1), dtype=bool)
+    for s, nodule in enumerate(result.nodules):
+        if nodule.mask is not None:
+            k0, i0, j0, k1, i1, j1 = nodule.bbox
+            masks[k0:k1, i0:i1, j0:j1, s] = nodule.mask
+    masks[..., -1] = result.label_map == DEFECT
+    return masks
+
+
+def _descriptions(result: DetectionResult) -> list[Any]:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algo = algorithm_identification(result)
+    out = []
+    for s, nodule in enumerate(result.nodules, start=1):
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=s,
+                segment_label=f"nodule {nodule.id}",
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Lipoma,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+                tracking_uid=nodule_tracking_uid(result, nodule),
+                tracking_id=f"nodule {nodule.id}",
+                display_color=hd.color.CIELabColor(*NODULE_LAB),
+            )
+        )
+    out.append(
+        hd.seg.SegmentDescription(
+            segment_number=len(result.nodules) + 1,
+            segment_label="fascia defect",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo,
+            display_color=hd.color.CIELabColor(*DEFECT_LAB),
+        )
+    )
+    return out
+
+
+def build_seg(
+    result: DetectionResult,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> Dataset:
+    """The SEG dataset for ``result`` (see the module docstring); UIDs are new unless given."""
+    import highdicom as hd
+
+    series = result.series
+    sources = source_datasets(series)
+    masks = segment_masks(result)
+    kwargs: dict[str, Any] = {
+        "segmentation_type": hd.seg.SegmentationTypeValues.BINARY,
+        "segment_descriptions": _descriptions(result),
+        "series_instance_uid": series_instance_uid or hd.UID(),
+        "series_number": SERIES_NUMBERS["seg"],
+        "sop_instance_uid": sop_instance_uid or hd.UID(),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": model_name(result),
+        "software_versions": software_version(),
+        "device_serial_number": "0",
+        "content_label": "BACKMICE",
+        "content_description": "Back mouse detection",
+        "series_description": SERIES_DESCRIPTIONS["seg"],
+    }
+    if "FrameOfReferenceUID" in sources[0]:
+        pixel_array = _stored_order(result, sources, masks)
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixel_array, omit_empty_frames=True, **kwargs
+        )
+    else:
+        seg = _seg_without_frame_of_reference(result, sources, masks, kwargs)
+    add_provenance(seg, result)
+    return seg
+
+
+def _stored_order(result: DetectionResult, sources: list[Dataset], masks: np.ndarray) -> np.ndarray:
+    """Masks reordered to the sources' frames: source instance order, then stored frame number."""
+    index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(sources)}
+    if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
+        out = np.zeros((int(sources[0].NumberOfFrames), *masks.shape[1:]), dtype=bool)
+        for k, src in enumerate(result.series.sources):
+            out[src.frame_number - 1] = masks[k]
+        return out
+    out = np.zeros((len(sources), *masks.shape[1:]), dtype=bool)
+    for k, src in enumerate(result.series.sources):
+        out[index[src.sop_instance_uid]] = masks[k]
+    return out
+
+
+def _seg_without_frame_of_reference(
+    result: DetectionResult, sources: list[Dataset], masks: np.ndarray, kwargs: dict[str, Any]
+) -> Any:
+    import highdicom as hd
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.pixels import pack_bits
+
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    template_src = DicomDataset()  # a single-frame header copy: the caller's datasets stay untouched
+    for elem in sources[0]:
+        if elem.keyword not in ("PixelData", "NumberOfFrames"):
+            template_src.add(copy.deepcopy(elem))
+    template_src.SOPClassUID = US_IMAGE_STORAGE
+    n_seg = masks.shape[-1]
+    first = np.ones((1, *masks.shape[1:3], n_seg), dtype=bool)
+    seg = hd.seg.Segmentation(
+        source_images=[template_src], pixel_array=first, omit_empty_frames=False, **kwargs
+    )
+    template = list(seg.PerFrameFunctionalGroupsSequence)
+    items: list[DicomDataset] = []
+    planes: list[np.ndarray] = []
+    for k, frame in enumerate(result.series.sources):
+        src = by_uid[frame.sop_instance_uid]
+        multiframe = int(src.get("NumberOfFrames", 1) or 1) > 1
+        for s in range(n_seg):
+            plane = masks[k, ..., s]
+            if not plane.any() and (planes or k < len(result.series.sources) - 1 or s < n_seg - 1):
+                continue  # an all-empty result keeps its very last (defect) plane: a SEG needs a frame
+            item = copy.deepcopy(template[s])
+            ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+            ref.ReferencedSOPClassUID = src.SOPClassUID
+            ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+            if multiframe:
+                ref.ReferencedFrameNumber = frame.frame_number
+            items.append(item)
+            planes.append(plane)
+    refs = []
+    for ds in sources:
+        ref = DicomDataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        refs.append(ref)
+    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence = refs
+    seg.SourceImageSequence = copy.deepcopy(refs)
+    seg.PerFrameFunctionalGroupsSequence = items
+    seg.PatientOrientation = sources[0].get("PatientOrientation", "")  # Type 2C without a frame of reference
+    seg.NumberOfFrames = len(items)
+    seg.PixelData = pack_bits(np.stack(planes))
+    return seg
+
+
+def write_seg(
+    result: DetectionResult,
+    path: Path,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> Path:
+    """Build the SEG (:func:`build_seg`) and write it atomically to ``path``."""
+    seg = build_seg(result, series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid)
+    return save_atomic(seg, path)

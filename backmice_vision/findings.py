@@ -1,0 +1,654 @@
+"""Class probabilities → measured back-mouse nodules (:class:`~backmice_vision.types.Nodule`).
+
+Plain functions over numpy arrays, in the style of scikit-image. Conventions are those of
+:mod:`backmice_vision.types`: voxel index ``(k, i, j)`` on the *source* grid, LPS millimetres, the MR affine
+maps voxel centres to patient mm, ultrasound regions carry their own ``(row, col)`` spacing in mm.
+
+``probabilities`` is float32 ``(C, n, rows, cols)`` with ``C = len(MODEL_CLASSES)`` (background, fat,
+fascia, nodule, defect), softmax over ``C``, on the source grid of the series.
+
+Instances
+    Voxels with nodule probability > ``nodule_threshold`` are grouped in-plane with 8-connectivity and
+    across slices / frames only where they overlap at the same ``(i, j)``: MR components are 3-D nodules;
+    an ultrasound component spanning several cine frames is one *tracked* nodule whose key frame is the
+    frame of largest area (measurements and ``center_voxel`` come from that frame).
+
+Measurements (all in mm, never invented: an uncalibrated ultrasound region gives no mm values)
+    * ``diameters_mm``: extents along the principal axes of the voxel cloud in mm (each extent includes
+      the voxel footprint), longest first; MR three, ultrasound two in-plane.
+    * ``depth_mm``: skin surface → nearest nodule edge. Ultrasound: the top edge of region row ``row0`` is
+      at depth ``region.depth_offset_mm`` below the transducer face, so the top edge of row ``r`` is at
+      ``depth_offset_mm + (r - row0) * dy``. MR: Euclidean distance from the nodule's boundary voxels to
+      the nearest air voxel bordering the body mask (:func:`body_mask`), minus one voxel footprint along
+      that direction (half a voxel at each end).
+    * ``fascia_depth_mm``: depth of the first fascia voxel (probability ≥ 0.5) met going deeper from the
+      nodule centre (ultrasound: down the columns of the nodule's central half, median over columns; MR:
+      along −y from the centre), measured from the skin.
+    * ``fascia_defect``: the defect-class peak (mean of the highest defect probabilities covering 1 mm² of
+      in-plane area, which ignores single-pixel spikes) in a band of ``defect_band_mm`` around the
+      nodule's deep half (voxels deeper than its centre), through the ``"defect"`` calibration;
+      ``width_mm`` = extent across the beam of defect voxels (probability ≥ 0.5) in that band.
+    * ``confidence``: mean nodule probability inside the instance through the ``"nodule"`` calibration.
+    * ``needle_target``: skin point straight above the centre (ultrasound: region top row at the centre
+      column; MR: body surface reached along +y from the centre) and the skin → centre distance.
+
+The series probability is the noisy-OR ``1 - prod(1 - confidence_i)`` over the reported nodules (0 when
+there are none), through the ``"series"`` calibration when given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import ConfigError, ModelError
+from .labels import BACKGROUND, DEFECT, FASCIA, MODEL_CLASSES, NODULE
+from .model.calibration import apply_calibration
+from .types import FasciaDefect, ImageSeries, NeedleTarget, Nodule, UltrasoundRegion
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "nodule_threshold": 0.5,  # nodule probability for a voxel to belong to an instance
+    "defect_threshold": 0.5,  # calibrated defect probability for FasciaDefect.present
+    "min_diameter_mm": 5.0,  # instances with a shorter longest diameter are dropped
+    "min_volume_mm3": 30.0,  # MR instances below this volume are dropped
+    "confidence_threshold": 0.0,  # nodules below this calibrated confidence are not reported
+    "min_area_px": 20.0,  # uncalibrated ultrasound: minimum key-frame area in pixels
+    "defect_band_mm": 5.0,  # band around the nodule's deep half searched for the defect class
+}
+_FASCIA_P = 0.5
+_DEFECT_P = 0.5
+_SEARCH_MM = 120.0  # longest skin / fascia search from a nodule centre
+
+Calibration = dict[str, dict[str, Any]]
+
+
+def load_thresholds(path: str | Path | None = None) -> dict[str, float]:
+    """Inference thresholds: :data:`DEFAULT_THRESHOLDS` updated from a YAML file.
+
+    ``path`` defaults to ``configs/inference.yaml`` of the source tree when it exists. Keys are read at the
+    top level or under ``thresholds:``; unknown keys are ignored.
+    """
+    out = dict(DEFAULT_THRESHOLDS)
+    cfg = (
+        Path(path) if path is not None else Path(__file__).resolve().parents[1] / "configs" / "inference.yaml"
+    )
+    if not cfg.is_file():
+        if path is not None:
+            raise ConfigError("threshold file not found", cfg)
+        return out
+    import yaml
+
+    try:
+        data = yaml.safe_load(cfg.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML ({type(exc).__name__})", cfg) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of threshold names to numbers", cfg)
+    section = data.get("thresholds", data)
+    return _merge_thresholds(section if isinstance(section, dict) else {}, str(cfg))
+
+
+def _merge_thresholds(given: dict[str, Any], source: str = "thresholds") -> dict[str, float]:
+    out = dict(DEFAULT_THRESHOLDS)
+    for key in DEFAULT_THRESHOLDS:
+        if key in given and given[key] is not None:
+            try:
+                out[key] = float(given[key])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{source}: {key} must be a number, got {given[key]!r}") from exc
+    return out
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+def _tracking_structure() -> np.ndarray:
+    """8-connected in-plane, linked across slices / frames only through overlap at the same (i, j)."""
+    s = np.zeros((3, 3, 3), dtype=bool)
+    s[1] = True
+    s[0, 1, 1] = s[2, 1, 1] = True
+    return s
+
+
+def _linear(series: ImageSeries) -> np.ndarray | None:
+    """3x3 matrix whose columns are the mm displacement of one step in k, i, j (None: uncalibrated)."""
+    if series.affine is not None:
+        return np.asarray(series.affine, dtype=np.float64)[:3, :3]
+    if series.spacing_mm is not None:
+        return np.diag(np.asarray(series.spacing_mm, dtype=np.float64))
+    return None
+
+
+def principal_extents_mm(points_mm: np.ndarray, edges_mm: np.ndarray) -> tuple[float, ...]:
+    """Extents of a voxel cloud along its principal axes, longest first.
+
+    ``points_mm`` (N, D) are voxel centres in mm; the columns of ``edges_mm`` (D, D) are the mm vectors of
+    one voxel step along each index axis. Each extent is the centre-to-centre span plus the voxel
+    footprint along that axis, so a box of ``n`` voxels along an axis measures ``n * spacing``.
+    """
+    d = points_mm.shape[1]
+    centred = points_mm - points_mm.mean(axis=0)
+    if points_mm.shape[0] > 1:
+        _, vecs = np.linalg.eigh(centred.T @ centred)
+    else:
+        vecs = np.eye(d)
+    out = []
+    for m in range(d):
+        u = vecs[:, m]
+        proj = centred @ u
+        out.append(float(proj.max() - proj.min() + np.abs(u @ edges_mm).sum()))
+    return tuple(sorted(out, reverse=True))
+
+
+def body_mask(pixels: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
+    """Bool ``(n, rows, cols)`` body mask of an MR stack.
+
+    Per slice: intensity above 10 % of the 99th percentile of the stack, united with voxels the model calls
+    tissue (background probability < 0.5, which keeps fat-suppressed fat inside the body), holes filled,
+    largest 8-connected component kept.
+    """
+    from scipy import ndimage
+
+    thr = 0.1 * float(np.percentile(pixels[:, ::2, ::2], 99))
+    out = np.zeros(pixels.shape, dtype=bool)
+    for k in range(pixels.shape[0]):
+        m = pixels[k] > thr
+        if probabilities is not None:
+            m |= probabilities[BACKGROUND, k] < 0.5
+        m = ndimage.binary_fill_holes(m)
+        lab, n = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
+        if n > 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            m = lab == int(np.argmax(sizes))
+        out[k] = m
+    return out
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _peak(values: np.ndarray, pixel_area_mm2: float | None) -> float:
+    """Mean of the highest values covering 1 mm² (10 values when the pixel area is unknown)."""
+    if values.size == 0:
+        return 0.0
+    n = 10 if pixel_area_mm2 is None else max(1, round(1.0 / pixel_area_mm2))
+    n = min(n, values.size)
+    return float(np.partition(values, values.size - n)[values.size - n :].mean())
+
+
+def _defect_band(
+    mask: np.ndarray, deeper: np.ndarray, sampling: tuple[float, ...], band_mm: float
+) -> np.ndarray:
+    """Voxels within ``band_mm`` of the instance (mm distance transform) that lie deeper than its centre."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(~mask, sampling=sampling)
+    return (dist <= band_mm) & deeper
+
+
+def _crop(shape: tuple[int, ...], lo: np.ndarray, hi: np.ndarray, pad: np.ndarray) -> tuple[slice, ...]:
+    return tuple(
+        slice(max(0, int(a - p)), min(n, int(b + p))) for a, b, p, n in zip(lo, hi, pad, shape, strict=True)
+    )
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def extract_nodules(
+    series: ImageSeries,
+    probabilities: np.ndarray,
+    *,
+    calibration: Calibration | None = None,
+    thresholds: dict[str, Any] | None = None,
+) -> tuple[list[Nodule], float]:
+    """Find nodule instances in class probabilities and measure them.
+
+    Parameters
+    ----------
+    series : ImageSeries
+        The source series (geometry, regions, header laterality).
+    probabilities : ndarray, float32, shape (C, n, rows, cols)
+        Softmax class probabilities on the series' source grid, classes ``MODEL_CLASSES``.
+    calibration : dict, optional
+        ``{"nodule": params, "defect": params, "series": params}`` for
+        :func:`backmice_vision.model.calibration.apply_calibration`; a missing entry is the identity.
+    thresholds : dict, optional
+        Overrides of :data:`DEFAULT_THRESHOLDS`; ``None`` reads ``configs/inference.yaml``.
+
+    Returns
+    -------
+    nodules : list of Nodule
+        Sorted by decreasing confidence, ids 1, 2, ...
+    series_probability : float
+        Probability that the series shows at least one back mouse (see the module docstring).
+    """
+    thr = load_thresholds() if thresholds is None else _merge_thresholds(thresholds)
+    cal = calibration or {}
+    probs = np.asarray(probabilities)
+    expected = (len(MODEL_CLASSES), *series.shape)
+    if probs.shape != expected:
+        raise ModelError(f"probability map has shape {probs.shape}, expected {expected} for this series")
+    if series.modality == "MR":
+        found = _mr_instances(series, probs, thr, cal)
+    else:
+        found = _us_instances(series, probs, thr, cal)
+    nodules = sorted(
+        (f for f in found if f.confidence >= thr["confidence_threshold"]), key=lambda f: -f.confidence
+    )
+    for n, nodule in enumerate(nodules, start=1):
+        nodule.id = n
+    noisy_or = 1.0 - float(np.prod([1.0 - n.confidence for n in nodules]))
+    series_p = float(apply_calibration(cal.get("series"), noisy_or)) if "series" in cal else noisy_or
+    return nodules, series_p
+
+
+def _defect_record(
+    p_raw: float,
+    pixels: np.ndarray,
+    offset: tuple[int, ...],
+    width: float | None,
+    cal: Calibration,
+    thr: dict,
+) -> FasciaDefect:
+    p = float(apply_calibration(cal.get("defect"), p_raw))
+    loc: tuple[float, float, float] | None = None
+    if pixels.any():
+        c = np.argwhere(pixels).mean(axis=0) + np.asarray(offset)
+        loc = (float(c[0]), float(c[1]), float(c[2])) if c.size == 3 else None
+    return FasciaDefect(
+        present=p >= thr["defect_threshold"], probability=p, width_mm=width, location_voxel=loc
+    )
+
+
+# --------------------------------------------------------------------------- MR
+
+
+def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibration) -> list[Nodule]:
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    nod_p = probs[NODULE]
+    labels, n = ndimage.label(nod_p > thr["nodule_threshold"], structure=_tracking_structure())
+    if n == 0:
+        return []
+    lin = _linear(series)
+    affine = None if series.affine is None else np.asarray(series.affine, dtype=np.float64)
+    spacing = None if lin is None else tuple(float(v) for v in np.linalg.norm(lin, axis=0))
+    voxel_mm3 = None if lin is None else abs(float(np.linalg.det(lin)))
+    body = body_mask(series.pixels, probs) if lin is not None else None
+    tree = None
+    if body is not None and lin is not None:
+        surface = ndimage.binary_dilation(body, structure=ndimage.generate_binary_structure(3, 1)) & ~body
+        surf_idx = np.argwhere(surface)
+        if surf_idx.size:
+            tree = cKDTree(surf_idx @ lin.T)
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        comp = labels[sl] == lab
+        off = np.array([s.start for s in sl])
+        idx = np.argwhere(comp) + off
+        centre = idx.mean(axis=0)
+        diameters: tuple[float, ...] = ()
+        volume_ml = None
+        if lin is not None and voxel_mm3 is not None:
+            diameters = principal_extents_mm(idx @ lin.T, lin)
+            volume_mm3 = idx.shape[0] * voxel_mm3
+            if volume_mm3 < thr["min_volume_mm3"] or diameters[0] < thr["min_diameter_mm"]:
+                continue
+            volume_ml = volume_mm3 / 1000.0
+        score = float(nod_p[sl][comp].mean())
+        centre_mm = None if affine is None else affine[:3, :3] @ centre + affine[:3, 3]
+        side: Literal["left", "right"] | None = None
+        if centre_mm is not None and centre_mm[0] != 0:
+            side = "left" if centre_mm[0] > 0 else "right"
+
+        depth = None
+        if tree is not None and lin is not None:
+            edge = (np.argwhere(_boundary(comp)) + off) @ lin.T
+            dist, which = tree.query(edge)
+            best = int(np.argmin(dist))
+            vec = tree.data[which[best]] - edge[best]
+            norm = float(np.linalg.norm(vec))
+            u = vec / norm if norm > 0 else np.array([0.0, 1.0, 0.0])
+            depth = max(0.0, norm - float(np.abs(u @ lin).sum()))
+
+        needle, fascia_depth = None, None
+        if affine is not None and body is not None and centre_mm is not None and spacing is not None:
+            needle, fascia_depth = _mr_line_search(affine, centre_mm, body, probs[FASCIA], min(spacing))
+
+        fdef = FasciaDefect(present=False, probability=float(apply_calibration(cal.get("defect"), 0.0)))
+        if spacing is not None and lin is not None:
+            pad = np.ceil((thr["defect_band_mm"] + 3.0) / np.asarray(spacing)).astype(int)
+            crop = _crop(series.shape, idx.min(axis=0), idx.max(axis=0) + 1, pad)
+            m = labels[crop] == lab
+            grid = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in crop], indexing="ij"), -1)
+            y_mm = grid @ lin[1] + (0.0 if affine is None else affine[1, 3])
+            centre_y = float(lin[1] @ centre + (0.0 if affine is None else affine[1, 3]))
+            band = _defect_band(m, y_mm <= centre_y, spacing, thr["defect_band_mm"])
+            p_raw = _peak(probs[DEFECT][crop][band], spacing[1] * spacing[2])
+            pix = band & (probs[DEFECT][crop] >= _DEFECT_P)
+            width = None
+            if pix.any():
+                pts = (np.argwhere(pix) + [s.start for s in crop]) @ lin.T
+                # across the beam (the y axis): the larger of the x and z extents, voxel footprint included
+                width = max(float(np.ptp(pts[:, a]) + np.abs(lin[a]).sum()) for a in (0, 2))
+            fdef = _defect_record(p_raw, pix, tuple(s.start for s in crop), width, cal, thr)
+
+        k0, i0, j0 = (int(s.start) for s in sl)
+        k1, i1, j1 = (int(s.stop) for s in sl)
+        nodule = Nodule(
+            id=0,
+            center_voxel=(float(centre[0]), float(centre[1]), float(centre[2])),
+            center_patient_mm=None
+            if centre_mm is None
+            else (float(centre_mm[0]), float(centre_mm[1]), float(centre_mm[2])),
+            diameters_mm=diameters,
+            depth_mm=depth,
+            fascia_depth_mm=fascia_depth,
+            side=side,
+            fascia_defect=fdef,
+            confidence=float(apply_calibration(cal.get("nodule"), score)),
+            needle_target=needle,
+            volume_ml=volume_ml,
+            bbox=(k0, i0, j0, k1, i1, j1),
+            mask=comp.copy(),
+        )
+        out.append(nodule)
+    return out
+
+
+def _mr_line_search(
+    affine: np.ndarray, centre_mm: np.ndarray, body: np.ndarray, fascia_p: np.ndarray, step_mm: float
+) -> tuple[NeedleTarget | None, float | None]:
+    """Walk +y (posterior) from the centre to the skin and −y to the first fascia voxel."""
+    inv = np.linalg.inv(affine)
+    shape = np.asarray(body.shape)
+    h = 0.5 * step_mm
+    ts = np.arange(h, _SEARCH_MM, h)
+
+    def voxels(sign: float) -> np.ndarray:
+        pts = centre_mm[None, :] + sign * ts[:, None] * np.array([0.0, 1.0, 0.0])
+        return np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+
+    up = voxels(1.0)
+    inside = np.all((up >= 0) & (up < shape), axis=1)
+    stop = int(np.argmin(inside)) if not inside.all() else len(ts)
+    outside = ~body[tuple(up[:stop].T)]
+    if not outside.any():
+        return None, None
+    t_skin = float(ts[int(np.argmax(outside))] - 0.5 * h)  # halfway between last body and first air sample
+    skin_mm = centre_mm + np.array([0.0, t_skin, 0.0])
+    skin_vox = inv[:3, :3] @ skin_mm + inv[:3, 3]
+    needle = NeedleTarget(
+        skin_voxel=(float(skin_vox[0]), float(skin_vox[1]), float(skin_vox[2])),
+        skin_patient_mm=(float(skin_mm[0]), float(skin_mm[1]), float(skin_mm[2])),
+        depth_mm=t_skin,
+    )
+    down = voxels(-1.0)
+    inside = np.all((down >= 0) & (down < shape), axis=1)
+    stop = int(np.argmin(inside)) if not inside.all() else len(ts)
+    hit = fascia_p[tuple(down[:stop].T)] >= _FASCIA_P
+    fascia_depth = float(t_skin + ts[int(np.argmax(hit))]) if hit.any() else None
+    return needle, fascia_depth
+
+
+# --------------------------------------------------------------------------- ultrasound
+
+
+def _laterality(series: ImageSeries) -> Literal["left", "right"] | None:
+    for key in ("ImageLaterality", "Laterality"):
+        value = str(series.header.get(key) or "").strip().upper()
+        if value == "L":
+            return "left"
+        if value == "R":
+            return "right"
+    return None
+
+
+def _us_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibration) -> list[Nodule]:
+    regions = list(series.regions)
+    whole_frame = not regions
+    if whole_frame:
+        sp = None if series.spacing_mm is None else (float(series.spacing_mm[1]), float(series.spacing_mm[2]))
+        regions = [UltrasoundRegion(index=0, box=(0, 0, series.shape[1], series.shape[2]), spacing_mm=sp)]
+    side = _laterality(series)
+    out = []
+    for region in regions:
+        for inst in _us_region_instances(series, probs, region, thr, cal, side):
+            if whole_frame:
+                inst.region_index = None
+            out.append(inst)
+    return out
+
+
+def _us_region_instances(
+    series: ImageSeries,
+    probs: np.ndarray,
+    region: UltrasoundRegion,
+    thr: dict,
+    cal: Calibration,
+    side: Literal["left", "right"] | None,
+) -> list[Nodule]:
+    from scipy import ndimage
+
+    r0, c0, r1, c1 = region.box
+    nod_p = probs[NODULE, :, r0:r1, c0:c1]
+    labels, n = ndimage.label(nod_p > thr["nodule_threshold"], structure=_tracking_structure())
+    if n == 0:
+        return []
+    sp = region.spacing_mm
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        comp = labels[sl] == lab
+        areas = comp.reshape(comp.shape[0], -1).sum(axis=1)
+        kk = int(np.argmax(areas))  # key frame, relative to the track
+        key = comp[kk]
+        k = sl[0].start + kk
+        rows, cols = np.nonzero(key)
+        rows = rows + sl[1].start  # region-relative
+        cols = cols + sl[2].start
+        ci, cj = float(rows.mean()), float(cols.mean())
+        score = float(nod_p[sl][comp].mean())
+
+        diameters: tuple[float, ...] = ()
+        depth = fascia_depth = None
+        needle = None
+        width = None
+        if sp is None:
+            if rows.size < thr["min_area_px"]:
+                continue
+        else:
+            dy, dx = sp
+            diameters = principal_extents_mm(np.stack([rows * dy, cols * dx], 1), np.diag([dy, dx]))
+            if diameters[0] < thr["min_diameter_mm"]:
+                continue
+            depth = region.depth_offset_mm + float(rows.min()) * dy
+            needle = NeedleTarget(
+                skin_voxel=(float(k), float(r0), cj + c0),
+                skin_patient_mm=None,
+                depth_mm=region.depth_offset_mm + (ci + 0.5) * dy,
+            )
+            fascia_depth = _us_fascia_depth(probs[FASCIA, k, r0:r1, c0:c1], rows, cols, ci, region)
+
+        # defect: band around the deep half of the key-frame mask, within the region
+        band_mm = thr["defect_band_mm"]
+        sampling = sp if sp is not None else (1.0, 1.0)  # uncalibrated: the band is in pixels
+        pad = np.ceil((band_mm + 3.0) / np.asarray(sampling)).astype(int)
+        crop = _crop(
+            (r1 - r0, c1 - c0),
+            np.array([rows.min(), cols.min()]),
+            np.array([rows.max(), cols.max()]) + 1,
+            pad,
+        )
+        m = np.zeros((crop[0].stop - crop[0].start, crop[1].stop - crop[1].start), dtype=bool)
+        m[rows - crop[0].start, cols - crop[1].start] = True
+        deeper = (np.arange(crop[0].start, crop[0].stop) >= ci)[:, None] & np.ones_like(m)
+        band = _defect_band(m, deeper, sampling, band_mm)
+        dprob = probs[DEFECT, k, r0:r1, c0:c1][crop]
+        p_raw = _peak(dprob[band], None if sp is None else sp[0] * sp[1])
+        pix = band & (dprob >= _DEFECT_P)
+        if pix.any() and sp is not None:
+            pc = np.nonzero(pix)[1]
+            width = float(pc.max() - pc.min() + 1) * sp[1]
+        pix3 = pix[None]
+        fdef = _defect_record(p_raw, pix3, (k, r0 + crop[0].start, c0 + crop[1].start), width, cal, thr)
+
+        k0, k1 = sl[0].start, sl[0].stop
+        i0, i1 = sl[1].start + r0, sl[1].stop + r0
+        j0, j1 = sl[2].start + c0, sl[2].stop + c0
+        nodule = Nodule(
+            id=0,
+            center_voxel=(float(k), ci + r0, cj + c0),
+            center_patient_mm=None,
+            diameters_mm=diameters,
+            depth_mm=depth,
+            fascia_depth_mm=fascia_depth,
+            side=side,
+            fascia_defect=fdef,
+            confidence=float(apply_calibration(cal.get("nodule"), score)),
+            needle_target=needle,
+            volume_ml=None,
+            bbox=(k0, i0, j0, k1, i1, j1),
+            mask=comp.copy(),
+            region_index=region.index,
+        )
+        out.append(nodule)
+    return out
+
+
+def _us_fascia_depth(
+    fascia_p: np.ndarray, rows: np.ndarray, cols: np.ndarray, ci: float, region: UltrasoundRegion
+) -> float | None:
+    """Median over the central half of the nodule's columns of the first fascia row below the centre."""
+    assert region.spacing_mm is not None
+    lo, hi = int(cols.min()), int(cols.max())
+    quarter = (hi - lo) / 4.0
+    start = int(np.ceil(ci))
+    found = []
+    for j in range(int(np.floor(lo + quarter)), int(np.ceil(hi - quarter)) + 1):
+        hit = np.nonzero(fascia_p[start:, j] >= _FASCIA_P)[0]
+        if hit.size:
+            found.append(start + int(hit[0]))
+    if not found:
+        return None
+    return region.depth_offset_mm + float(np.median(found)) * region.spacing_mm[0]
+
+
+# --------------------------------------------------------------------------- matching and overlap
+
+
+@dataclass(frozen=True)
+class Match:
+    """One row of :func:`match_nodules`: a hit (both indices), a miss (``pred`` None) or a false positive
+    (``truth`` None). ``duplicate`` marks a second hit on an already detected truth nodule."""
+
+    pred: int | None
+    truth: int | None
+    distance_mm: float | None
+    duplicate: bool = False
+
+
+def match_radius_mm(truth: dict[str, Any]) -> float:
+    """Hit radius of a ground-truth nodule: half its longest diameter, at least 5 mm."""
+    diam = truth.get("diameters_mm") or [0.0]
+    return max(0.5 * float(max(diam)), 5.0)
+
+
+def _pred_position(pred: Nodule, frame: int) -> np.ndarray | None:
+    """(i, j) of a predicted ultrasound nodule on ``frame``: its mask centroid there, else None."""
+    k0, i0, j0, k1, _, _ = pred.bbox
+    if pred.mask is not None and k0 <= frame < k1 and pred.mask[frame - k0].any():
+        rows, cols = np.nonzero(pred.mask[frame - k0])
+        return np.array([rows.mean() + i0, cols.mean() + j0])
+    if round(pred.center_voxel[0]) == frame:
+        return np.array(pred.center_voxel[1:])
+    return None
+
+
+def _distance_mm(pred: Nodule, truth: dict[str, Any], series: ImageSeries) -> float | None:
+    tv = np.asarray(truth["center_voxel"], dtype=np.float64)
+    if series.modality == "MR":
+        tp = truth.get("center_patient_mm")
+        if pred.center_patient_mm is not None and tp is not None:
+            return float(
+                np.linalg.norm(np.asarray(pred.center_patient_mm) - np.asarray(tp, dtype=np.float64))
+            )
+        lin = _linear(series)
+        return None if lin is None else float(np.linalg.norm(lin @ (np.asarray(pred.center_voxel) - tv)))
+    ri = truth.get("region_index")
+    if ri is not None and pred.region_index is not None and ri != pred.region_index:
+        return None
+    ri = pred.region_index if ri is None else ri
+    region = next((r for r in series.regions if r.index == ri), None)
+    if region is None or region.spacing_mm is None:
+        return None  # no calibration: no mm distance, no match
+    pos = _pred_position(pred, round(float(tv[0])))
+    if pos is None:
+        return None
+    return float(np.hypot((pos[0] - tv[1]) * region.spacing_mm[0], (pos[1] - tv[2]) * region.spacing_mm[1]))
+
+
+def match_nodules(pred: list[Nodule], truth: list[dict[str, Any]], series: ImageSeries) -> list[Match]:
+    """Match predicted nodules to ground-truth nodules (dicts of ``ground_truth.json``'s series entries).
+
+    A prediction hits a truth nodule when its centre lies within :func:`match_radius_mm` of the truth
+    centre, in mm: MR in patient mm (``center_patient_mm``; voxel offsets through the affine otherwise),
+    ultrasound in the region's row/col mm on the truth nodule's frame (a cine prediction is placed at its
+    mask centroid on that frame). Predictions are taken by decreasing confidence, each to the nearest
+    undetected truth nodule in reach; a prediction whose reachable truth nodules are all detected already is
+    a ``duplicate`` (neither hit nor false positive). Returns one :class:`Match` per prediction plus one
+    per missed truth nodule.
+    """
+    order = sorted(range(len(pred)), key=lambda p: -pred[p].confidence)
+    detected: set[int] = set()
+    out: list[Match] = []
+    for p in order:
+        reach = []
+        for t, tr in enumerate(truth):
+            d = _distance_mm(pred[p], tr, series)
+            if d is not None and d <= match_radius_mm(tr):
+                reach.append((d, t))
+        reach.sort()
+        fresh = [(d, t) for d, t in reach if t not in detected]
+        if fresh:
+            d, t = fresh[0]
+            detected.add(t)
+            out.append(Match(p, t, d))
+        elif reach:
+            d, t = reach[0]
+            out.append(Match(p, t, d, duplicate=True))
+        else:
+            out.append(Match(p, None, None))
+    out.extend(Match(None, t, None) for t in range(len(truth)) if t not in detected)
+    return out
+
+
+def nodule_full_mask(nodule: Nodule, shape: tuple[int, int, int]) -> np.ndarray:
+    """The nodule's bool ``mask`` pasted into a full ``(n, rows, cols)`` grid at its ``bbox``."""
+    out = np.zeros(shape, dtype=bool)
+    if nodule.mask is not None:
+        k0, i0, j0, k1, i1, j1 = nodule.bbox
+        out[k0:k1, i0:i1, j0:j1] = nodule.mask
+    return out
+
+
+def nodule_dice(pred_mask: np.ndarray, truth_mask: np.ndarray) -> float:
+    """Dice ``2|A∩B| / (|A| + |B|)`` of two bool masks of one shape (1.0 when both are empty)."""
+    a = np.asarray(pred_mask, dtype=bool)
+    b = np.asarray(truth_mask, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} and {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total

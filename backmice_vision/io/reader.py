@@ -1,0 +1,290 @@
+"""Reading DICOM headers and finding the series in a folder.
+
+Headers only: nothing here decodes pixel data. Every parse of untrusted bytes is guarded, and any
+failure becomes :class:`~backmice_vision.errors.InvalidDicom` whose message names the file and the
+stage that failed, never a header value (which could identify a patient).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ..errors import BackmiceError, InvalidDicom
+from ..types import SeriesRef
+
+ANALYSED_MODALITIES = ("MR", "US")
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+_NON_IMAGE_MODALITIES = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "RWV", "DOC"}
+_NON_IMAGE_CLASS_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registration, SEG, fiducials
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated documents
+)
+# Tags find_series needs (read with ``specific_tags`` for speed).
+_SCAN_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "SeriesDescription", "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+    "BitsAllocated", "BitsStored", "PixelRepresentation", "PhotometricInterpretation",
+]  # fmt: skip
+
+
+@dataclass
+class Instance:
+    """The header of one DICOM file, with the attributes every stage needs already validated."""
+
+    path: Path
+    ds: Dataset  # header only: no PixelData
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class: str
+    modality: str
+    transfer_syntax: str
+    rows: int = 0
+    columns: int = 0
+    frames: int = 1
+    samples: int = 1
+    bits_allocated: int = 0
+    bits_stored: int = 0
+    pixel_representation: int = 0
+    photometric: str = ""
+    instance_number: int = 0
+
+    @property
+    def is_image(self) -> bool:
+        """True for pixel-bearing image objects; False for SEG, SR, presentation states and the like."""
+        if self.rows <= 0 or self.columns <= 0 or self.modality in _NON_IMAGE_MODALITIES:
+            return False
+        return not self.sop_class.startswith(_NON_IMAGE_CLASS_PREFIXES)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the decoded pixel data as the header claims them (before any decoding)."""
+        return self.rows * self.columns * self.frames * self.samples * max(1, (self.bits_allocated + 7) // 8)
+
+
+@contextmanager
+def guarded(path: str | Path, stage: str) -> Iterator[None]:
+    """Turn any parser failure inside the block into a one-line :class:`InvalidDicom`.
+
+    The reason names ``stage`` and the exception type only: parser messages can quote header values.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except (BackmiceError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # includes pyo3 PanicException raised by Rust-backed plugins
+        raise InvalidDicom(f"{stage} ({type(exc).__name__})", path) from None
+
+
+def _looks_like_raw_dataset(head: bytes) -> bool:
+    """A file without preamble whose first tag is in group 0002 or 0008 (either byte order)."""
+    if len(head) < 8:
+        return False
+    return int.from_bytes(head[:2], "little") in (2, 8) or int.from_bytes(head[:2], "big") in (2, 8)
+
+
+def _int(ds: Dataset, keyword: str, default: int = 0) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    return int(value)
+
+
+def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
+    """Read one file's header (``stop_before_pixels``).
+
+    Returns ``None`` for files that are not DICOM (ignored by callers) and for DICOMDIR files; raises
+    :class:`InvalidDicom` for files that look like DICOM but cannot be read. ``scan_only`` reads just the
+    tags :func:`find_series` needs. A file without the 128-byte preamble is read when it starts with a
+    plausible group 0002/0008 tag; its transfer syntax is then taken from the encoding pydicom detects.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise InvalidDicom(f"cannot open ({type(exc).__name__})", path) from None
+    part10 = head[128:132] == b"DICM"
+    if not part10 and not _looks_like_raw_dataset(head):
+        return None
+    tags = _SCAN_TAGS if scan_only else None
+    with guarded(path, "cannot parse DICOM header"):
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=tags, force=not part10)
+        except InvalidDicomError:
+            if part10:
+                raise
+            return None
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+            return None
+        if "DirectoryRecordSequence" in ds:
+            return None
+        ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        if not ts:
+            if part10:
+                raise InvalidDicom("file meta has no TransferSyntaxUID", path)
+            implicit, little = ds.original_encoding
+            ts = (
+                ImplicitVRLittleEndian
+                if implicit
+                else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+            )
+            if meta is None:
+                ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = UID(ts)
+        if not UID(ts).is_transfer_syntax:
+            raise InvalidDicom("unknown transfer syntax", path)
+        uids = {
+            k: str(ds.get(k, "") or "").strip()
+            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        }
+        missing = [k for k, v in uids.items() if not v]
+        if missing:
+            if not part10 and len(missing) == 3:
+                return None  # parsed as bytes, but not an object with identity: not DICOM
+            raise InvalidDicom(f"missing {', '.join(missing)}", path)
+        inst = Instance(
+            path=path,
+            ds=ds,
+            study_uid=uids["StudyInstanceUID"],
+            series_uid=uids["SeriesInstanceUID"],
+            sop_uid=uids["SOPInstanceUID"],
+            sop_class=str(ds.get("SOPClassUID", "") or ""),
+            modality=str(ds.get("Modality", "") or "").strip().upper() or "?",
+            transfer_syntax=ts,
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            frames=_int(ds, "NumberOfFrames", 1),
+            samples=_int(ds, "SamplesPerPixel", 1),
+            bits_allocated=_int(ds, "BitsAllocated"),
+            bits_stored=_int(ds, "BitsStored"),
+            pixel_representation=_int(ds, "PixelRepresentation"),
+            photometric=str(ds.get("PhotometricInterpretation", "") or "").strip().upper(),
+            instance_number=_int(ds, "InstanceNumber"),
+        )
+    if inst.is_image:
+        if inst.frames < 1:
+            raise InvalidDicom(f"NumberOfFrames is {inst.frames}", path)
+        if inst.bits_allocated not in (1, 8, 16, 32, 64):
+            raise InvalidDicom(f"unsupported BitsAllocated {inst.bits_allocated}", path)
+        if inst.samples not in (1, 3):
+            raise InvalidDicom(f"unsupported SamplesPerPixel {inst.samples}", path)
+        if not inst.bits_stored:
+            inst.bits_stored = inst.bits_allocated
+    return inst
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every regular file under ``root`` (recursively, sorted, symlinked folders not followed)."""
+    if root.is_file():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_file():
+                yield p
+
+
+def group_instances(instances: list[Instance]) -> dict[tuple[str, str], list[Instance]]:
+    """Instances keyed by (StudyInstanceUID, SeriesInstanceUID), in first-seen order."""
+    groups: dict[tuple[str, str], list[Instance]] = {}
+    for inst in instances:
+        groups.setdefault((inst.study_uid, inst.series_uid), []).append(inst)
+    return groups
+
+
+def series_ref(instances: list[Instance]) -> SeriesRef:
+    """A :class:`SeriesRef` summarising the headers of one series (most common modality and matrix)."""
+    first = instances[0]
+    images = [i for i in instances if i.is_image]
+    modalities = Counter(i.modality for i in instances)
+    modality = modalities.most_common(1)[0][0]
+    problems: list[str] = []
+    if len(modalities) > 1:
+        problems.append("mixed modalities: " + ", ".join(f"{m} ×{n}" for m, n in sorted(modalities.items())))
+    sizes = Counter((i.rows, i.columns) for i in images)
+    rows, cols = sizes.most_common(1)[0][0] if sizes else (first.rows, first.columns)
+    if len(sizes) > 1:
+        problems.append(f"{len(sizes)} matrix sizes")
+    if not images:
+        problems.append(f"not an image series ({modality})")
+    elif modality not in ANALYSED_MODALITIES:
+        problems.append(f"modality {modality} is not analysed")
+    description = ""
+    try:
+        description = str(first.ds.get("SeriesDescription", "") or "")
+    except Exception:
+        problems.append("unreadable SeriesDescription")
+    return SeriesRef(
+        study_instance_uid=first.study_uid,
+        series_instance_uid=first.series_uid,
+        modality=modality,
+        paths=sorted(i.path for i in instances),
+        n_instances=len(instances),
+        n_frames=sum(i.frames for i in images),
+        rows=rows,
+        columns=cols,
+        description=description,
+        problems=problems,
+    )
+
+
+def scan_folder(
+    folder: str | Path, errors: list[tuple[Path, str]] | None = None, *, scan_only: bool = True
+) -> list[Instance]:
+    """Headers of every DICOM file under ``folder``; unreadable ones are appended to ``errors``."""
+    root = Path(folder)
+    if not root.exists():
+        raise BackmiceError("no such file or folder", root)
+    found: list[Instance] = []
+    for path in iter_files(root):
+        try:
+            inst = read_header(path, scan_only=scan_only)
+        except InvalidDicom as exc:
+            if errors is not None:
+                errors.append((path, exc.reason))
+            continue
+        if inst is not None:
+            found.append(inst)
+    return found
+
+
+def find_series(
+    folder: str | Path, errors: list[tuple[Path, str]] | None = None, *, include_all: bool = False
+) -> list[SeriesRef]:
+    """Find the image series under ``folder`` (searched recursively; a single file is accepted too).
+
+    Reads headers only. Files are grouped by (StudyInstanceUID, SeriesInstanceUID). Files that are not
+    DICOM, and DICOMDIR files, are ignored silently. Files that look like DICOM but cannot be read are
+    skipped and, when ``errors`` is a list, appended to it as ``(path, reason)``; the scan never stops
+    on them.
+
+    By default only MR and US image series are returned (what :func:`load_series` analyses).
+    ``include_all=True`` also returns other modalities and non-image objects (SEG, SR, ...), each with
+    its modality and a note in ``problems`` (for example ``"not an image series (SEG)"``).
+    Sorted by study, then series UID.
+    """
+    groups = group_instances(scan_folder(folder, errors))
+    refs = [series_ref(insts) for insts in groups.values()]
+    if not include_all:
+        refs = [r for r in refs if r.modality in ANALYSED_MODALITIES and r.n_frames > 0]
+    refs.sort(key=lambda r: (r.study_instance_uid, r.series_instance_uid))
+    return refs

@@ -1,0 +1,113 @@
+"""The detector: series → class probabilities → measured nodules (:class:`DetectionResult`).
+
+``Detector.from_pretrained()`` uses the shipped bundles ``models/backmice_us`` and ``models/backmice_mr``,
+choosing by the series' modality at :meth:`Detector.detect` time; each bundle is loaded (and its sha256
+verified) once, on first use. ``model=`` names one bundle folder instead (then only its modality works).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from ..labels import NODULE
+from ..types import DetectionResult, ImageSeries
+from .bundle import Bundle, default_bundle_dir, load_bundle
+
+
+class Detector:
+    """Find back mice in an :class:`ImageSeries`. Thresholds: ``configs/inference.yaml`` or ``thresholds``.
+
+    ``flip`` averages the prediction with the left-right mirrored input (test-time augmentation; twice
+    the model time).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "auto",
+        *,
+        thresholds: dict[str, float] | None = None,
+        config: str | Path | None = None,
+        flip: bool = False,
+    ) -> None:
+        from .inference import resolve_device
+
+        self.device = resolve_device(device)
+        self.model_dir = None if model is None else Path(model)
+        self.flip = flip
+        self._config = config
+        self._thresholds = thresholds
+        self._bundles: dict[str, Bundle] = {}
+        if self.model_dir is not None:  # an explicit model must exist: fail now, not at the first series
+            bundle = load_bundle(self.model_dir, device=self.device)
+            self._bundles[bundle.modality] = bundle
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | Path | None = None, device: str = "auto", **kwargs: Any
+    ) -> Detector:
+        """A detector on the shipped models (``model=None``) or on one bundle folder."""
+        return cls(model, device, **kwargs)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        from ..findings import load_thresholds
+
+        return {**load_thresholds(self._config), **{k: float(v) for k, v in (self._thresholds or {}).items()}}
+
+    def bundle_for(self, modality: str) -> Bundle:
+        """The bundle for ``modality`` (loaded on first use)."""
+        if modality not in self._bundles:
+            if self.model_dir is not None:
+                only = next(iter(self._bundles.values()))
+                raise ModelError(f"model is for {only.modality}, the series is {modality}", self.model_dir)
+            self._bundles[modality] = load_bundle(
+                default_bundle_dir(modality), modality=modality, device=self.device
+            )
+        return self._bundles[modality]
+
+    def probabilities(self, series: ImageSeries, timings: dict[str, float] | None = None) -> np.ndarray:
+        """Class probabilities float32 ``(C, n, rows, cols)`` on the series' source grid."""
+        from .inference import predict_probabilities
+
+        bundle = self.bundle_for(series.modality)
+        return predict_probabilities(bundle, series, self.device, flip=self.flip, timings=timings)
+
+    def detect(self, series: ImageSeries) -> DetectionResult:
+        """Run the whole detection on one series: probabilities, instances and measurements."""
+        from ..findings import extract_nodules
+
+        bundle = self.bundle_for(series.modality)
+        timings: dict[str, float] = {}
+        probs = self.probabilities(series, timings)
+        t0 = time.perf_counter()
+        thresholds = self.thresholds
+        nodules, series_p = extract_nodules(
+            series, probs, calibration=bundle.calibration, thresholds=thresholds
+        )
+        label_map = np.argmax(probs, axis=0).astype(np.uint8)
+        nodule_p = np.ascontiguousarray(probs[NODULE], dtype=np.float32)
+        timings["postprocess"] = time.perf_counter() - t0
+        return DetectionResult(
+            series=series,
+            nodules=nodules,
+            series_probability=float(series_p),
+            label_map=label_map,
+            nodule_probability=nodule_p,
+            model_id=bundle.model_id,
+            model_version=bundle.version,
+            timings_s={k: round(v, 4) for k, v in timings.items()},
+            thresholds=thresholds,
+        )
+
+
+def detect(path: str | Path, **kwargs: Any) -> DetectionResult:
+    """Load the series at ``path`` and detect with the shipped models (``kwargs`` go to :class:`Detector`)."""
+    from ..io import load_series
+
+    return Detector.from_pretrained(**kwargs).detect(load_series(path))

@@ -1,0 +1,1 @@
+"""Synthetic lumbar phantoms: anatomy, ultrasound and MR simulation, DICOM writing."""

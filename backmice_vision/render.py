@@ -1,0 +1,224 @@
+"""Overlay images of a :class:`DetectionResult`: per-frame PNGs and a key-image montage.
+
+Each overlay shows the source frame (colour ultrasound as stored, greyscale windowed from the frame's 1st
+to 99th percentile), every nodule present on that frame as an orange contour (Okabe–Ito #E69F00) with a
+numbered label ``"#1 87% 18.4 mm"`` (confidence, longest diameter) or ``"size n/a (uncalibrated)"``, the
+fascia defect as a sky-blue triangle (#56B4E9) at ``FasciaDefect.location_voxel`` and a 10 mm scale bar
+(from the column spacing; none when uncalibrated). Nothing from the DICOM header is drawn, so no patient
+identifier can be burned in.
+
+Frames are indexed ``k`` as in :mod:`backmice_vision.types`. :func:`render_overlay` returns the overlay at
+the source resolution (the Secondary Capture uses exactly this array); the PNGs are drawn upscaled by an
+integer factor so that small images keep readable text.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import BackmiceError
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw, ImageFont
+
+    from .types import DetectionResult, Nodule
+
+ORANGE = (230, 159, 0)  # nodule
+SKY_BLUE = (86, 180, 233)  # fascia defect
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+PNG_MIN_SIDE = 512  # PNG overlays are upscaled until their longer side is at least this many pixels
+
+
+def finding_frames(result: DetectionResult) -> list[int]:
+    """Sorted frame indices ``k`` on which at least one nodule's mask is present."""
+    frames: set[int] = set()
+    for n in result.nodules:
+        k0, k1 = n.bbox[0], n.bbox[3]
+        if n.mask is not None:
+            frames.update(
+                k0 + int(d) for d in np.flatnonzero(n.mask.reshape(n.mask.shape[0], -1).any(axis=1))
+            )
+        else:
+            frames.update(range(k0, k1))
+    return sorted(frames)
+
+
+def key_frames(result: DetectionResult) -> list[int]:
+    """One frame per nodule (its centre slice/frame), in nodule order without repeats."""
+    n = result.series.shape[0]
+    out: list[int] = []
+    for nodule in result.nodules:
+        k = min(max(round(nodule.center_voxel[0]), 0), n - 1)
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def _base_rgb(result: DetectionResult, k: int) -> np.ndarray:
+    series = result.series
+    if series.rgb is not None:
+        return np.array(series.rgb[k], dtype=np.uint8, copy=True)
+    frame = series.pixels[k]
+    finite = frame[np.isfinite(frame)]
+    lo, hi = np.percentile(finite, [1.0, 99.0]) if finite.size else (0.0, 1.0)
+    scale = np.float32(255.0 / (hi - lo)) if hi > lo else np.float32(0.0)
+    grey = np.clip((np.nan_to_num(frame) - np.float32(lo)) * scale, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _col_spacing_mm(result: DetectionResult, nodule: Nodule | None = None) -> float | None:
+    """Column spacing (mm per pixel) of the frame: MR series spacing, or the (nodule's) US region."""
+    series = result.series
+    if series.modality == "MR":
+        return None if series.spacing_mm is None else float(series.spacing_mm[2])
+    regions = [r for r in series.regions if r.spacing_mm is not None]
+    if nodule is not None and nodule.region_index is not None:
+        regions = [r for r in regions if r.index == nodule.region_index] or regions
+    return float(regions[0].spacing_mm[1]) if regions and regions[0].spacing_mm else None
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _label(nodule: Nodule, calibrated: bool) -> str:
+    size = nodule.longest_diameter_mm
+    text = f"{size:.1f} mm" if calibrated and size is not None else "size n/a (uncalibrated)"
+    return f"#{nodule.id} {round(100 * nodule.confidence):d}% {text}"
+
+
+def _text(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    size: int,
+    colour: tuple[int, ...],
+    bounds: tuple[int, int],
+) -> None:
+    """Text on a black box, shifted to stay inside ``bounds`` (width, height)."""
+    font = _font(size)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h = right - left + 4, bottom - top + 4
+    x = min(max(xy[0], 0), max(bounds[0] - w, 0))
+    y = min(max(xy[1], 0), max(bounds[1] - h, 0))
+    draw.rectangle((x, y, x + w, y + h), fill=BLACK)
+    draw.text((x + 2 - left, y + 2 - top), text, font=font, fill=colour)
+
+
+def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+    from scipy.ndimage import binary_erosion
+
+    n = result.series.shape[0]
+    if not 0 <= k < n:
+        raise BackmiceError(f"frame index {k} outside the series (0…{n - 1})")
+    base = _base_rgb(result, k)
+    if scale > 1:
+        base = np.repeat(np.repeat(base, scale, axis=0), scale, axis=1)
+    height, width = base.shape[:2]
+    thick = max(1, scale // 2, min(height, width) // 250)
+    here = [nd for nd in result.nodules if nd.mask is not None and nd.bbox[0] <= k < nd.bbox[3]]
+    for nodule in here:
+        k0, i0, j0 = nodule.bbox[:3]
+        assert nodule.mask is not None
+        plane = np.repeat(np.repeat(nodule.mask[k - k0], scale, axis=0), scale, axis=1)
+        if not plane.any():
+            continue
+        padded = np.pad(plane, thick)
+        edge = (padded & ~binary_erosion(padded, iterations=thick))[thick:-thick, thick:-thick]
+        view = base[i0 * scale : i0 * scale + plane.shape[0], j0 * scale : j0 * scale + plane.shape[1]]
+        view[edge] = ORANGE
+    image = Image.fromarray(base, "RGB")
+    draw = ImageDraw.Draw(image)
+    font_size = max(10, min(height, width) // 28)
+    calibrated = result.series.calibrated
+    for nodule in here:
+        _, i0, _, _, _, j1 = nodule.bbox
+        defect = nodule.fascia_defect
+        if defect.present and defect.location_voxel is not None and round(defect.location_voxel[0]) == k:
+            y, x = (defect.location_voxel[1] + 0.5) * scale, (defect.location_voxel[2] + 0.5) * scale
+            r = max(4.0, font_size * 0.6)
+            draw.polygon(
+                [(x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)],
+                outline=SKY_BLUE,
+                width=max(1, thick),
+            )
+        _text(
+            draw,
+            (j1 * scale + 2, i0 * scale - font_size - 4),
+            _label(nodule, calibrated),
+            font_size,
+            ORANGE,
+            (width, height),
+        )
+    spacing = _col_spacing_mm(result, here[0] if here else None)
+    if spacing:
+        length_mm = next((mm for mm in (10.0, 5.0, 2.0, 1.0) if mm / spacing * scale <= 0.4 * width), None)
+        if length_mm is not None:
+            bar = length_mm / spacing * scale
+            x0, y0 = 0.04 * width, height - 0.05 * height
+            draw.rectangle((x0 - 1, y0 - thick - 1, x0 + bar + 1, y0 + thick + 1), fill=BLACK)
+            draw.rectangle((x0, y0 - thick, x0 + bar, y0 + thick), fill=WHITE)
+            _text(
+                draw, (x0, y0 - thick - font_size - 6), f"{length_mm:g} mm", font_size, WHITE, (width, height)
+            )
+    return np.asarray(image, dtype=np.uint8)
+
+
+def render_overlay(result: DetectionResult, frame_index: int) -> np.ndarray:
+    """The overlay of frame ``frame_index`` as uint8 RGB ``(rows, cols, 3)`` at the source resolution."""
+    return _draw(result, frame_index, 1)
+
+
+def png_scale(shape: tuple[int, int]) -> int:
+    """Integer upscale factor for PNGs: the longer side reaches :data:`PNG_MIN_SIDE` pixels."""
+    return max(1, math.ceil(PNG_MIN_SIDE / max(shape)))
+
+
+def _write_png(array: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    from .export.dicom_common import write_text_atomic
+
+    buf = io.BytesIO()
+    Image.fromarray(array, "RGB").save(buf, format="PNG")
+    return write_text_atomic(buf.getvalue(), path)
+
+
+def save_overlays(result: DetectionResult, out_dir: str | Path) -> list[Path]:
+    """One PNG per frame with a finding, ``overlay_k<k>.png`` (upscaled, see :func:`png_scale`)."""
+    out = Path(out_dir)
+    scale = png_scale(result.series.shape[1:])
+    return [
+        _write_png(_draw(result, k, scale), out / f"overlay_k{k:04d}.png") for k in finding_frames(result)
+    ]
+
+
+def save_montage(result: DetectionResult, path: str | Path, *, tile: int = 384, columns: int = 3) -> Path:
+    """A grid of the key frames (one per nodule; the middle frame when there is none), tiles ``tile`` px."""
+    from PIL import Image, ImageDraw
+
+    frames = key_frames(result) or [result.series.shape[0] // 2]
+    rows, cols = result.series.shape[1:]
+    f = tile / max(rows, cols)
+    th, tw = max(1, round(rows * f)), max(1, round(cols * f))
+    ncol = min(columns, len(frames))
+    nrow = math.ceil(len(frames) / ncol)
+    canvas = Image.new("RGB", (ncol * tw, nrow * th), BLACK)
+    draw = ImageDraw.Draw(canvas)
+    for idx, k in enumerate(frames):
+        img = Image.fromarray(_draw(result, k, png_scale((rows, cols))), "RGB").resize(
+            (tw, th), Image.Resampling.LANCZOS
+        )
+        x, y = (idx % ncol) * tw, (idx // ncol) * th
+        canvas.paste(img, (x, y))
+        caption = f"frame {k}" if result.nodules else f"frame {k}: no finding"
+        _text(draw, (x + 2, y + 2), caption, max(10, tile // 28), WHITE, (x + tw, y + th))
+    return _write_png(np.asarray(canvas, dtype=np.uint8), Path(path))

@@ -1,0 +1,238 @@
+"""Evaluation metrics against hand-computed values; SEG ground truth read back from a real highdicom SEG."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backmice_vision.errors import ConfigError, InvalidDicom
+from backmice_vision.evaluation import (
+    auc,
+    evaluate_series,
+    find_cases,
+    froc,
+    froc_plot,
+    read_ground_truth,
+    read_truth_mask,
+    split_truth_instances,
+    summarise,
+)
+from backmice_vision.findings import DEFAULT_THRESHOLDS, extract_nodules
+from backmice_vision.labels import BACKGROUND, DEFECT, FAT, MODEL_CLASSES, NODULE
+from backmice_vision.types import FrameSource, ImageSeries
+
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def test_froc_hand_computed():
+    # thresholds 0.9 .8 .6 .5 .3 .2 -> (fp/img, sens): (0,.25) (.25,.25) (.25,.5) (.5,.5) (.5,.75) (.75,.75)
+    out = froc([0.9, 0.6, None, 0.3], [0.8, 0.5, 0.2], n_images=4)
+    assert out["sensitivity"] == pytest.approx([0.25, 0.5, 0.75, 0.75, 0.75])
+    assert out["mean_sensitivity"] == pytest.approx(0.6)
+    assert out["curve"][0] == [0.0, 0.0] and out["curve"][-1] == pytest.approx([0.75, 0.75])
+    # all lesions found before any false positive
+    assert froc([0.9, 0.8], [0.1], 1)["sensitivity"] == [1.0] * 5
+    # nothing found
+    assert froc([None], [0.9, 0.9, 0.9], 1)["sensitivity"] == [0.0] * 5
+    assert froc([], [0.5], 2)["sensitivity"] == [None] * 5
+    with pytest.raises(ValueError):
+        froc([0.5], [], 0)
+
+
+def test_auc_mann_whitney():
+    assert auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auc([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    assert auc([0.2, 0.9], [0, 1]) == 1.0
+    assert auc([0.2, 0.9], [1, 1]) is None
+
+
+# ---------------------------------------------------------------------- a hand-made MR series
+
+
+AFFINE = np.array([[0, 0, 0.8, -20.0], [0, 0.8, 0, -20.0], [4.0, 0, 0, 0.0], [0, 0, 0, 1]])
+SHAPE = (6, 48, 48)
+
+
+def _series() -> ImageSeries:
+    body = np.zeros(SHAPE, dtype=np.float32)
+    body[:, :40] = 100.0
+    return ImageSeries(
+        modality="MR",
+        pixels=body,
+        spacing_mm=(4.0, 0.8, 0.8),
+        sources=[FrameSource(f"1.2.826.0.1.3680043.8.498.{100 + k}", MR_IMAGE) for k in range(SHAPE[0])],
+        study_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        affine=AFFINE,
+        frame_of_reference_uid="1.2.826.0.1.3680043.8.498.3",
+    )
+
+
+def _probabilities(series: ImageSeries) -> np.ndarray:
+    p = np.zeros((len(MODEL_CLASSES), *SHAPE), dtype=np.float32)
+    tissue = series.pixels > 0
+    p[BACKGROUND], p[FAT] = ~tissue, tissue
+
+    def put(cls, sl, value):
+        p[(slice(None), *sl)] = 0.0
+        p[(cls, *sl)] = value
+        p[(FAT, *sl)] = 1.0 - value
+
+    put(NODULE, (slice(1, 4), slice(10, 20), slice(5, 20)), 0.9)  # hits truth 0
+    put(DEFECT, (slice(2, 3), slice(7, 10), slice(8, 14)), 0.8)
+    put(NODULE, (slice(1, 3), slice(10, 18), slice(30, 40)), 0.6)  # false positive
+    return p
+
+
+def _truth(series: ImageSeries) -> dict:
+    def centre(v):
+        return (AFFINE[:3, :3] @ np.asarray(v, float) + AFFINE[:3, 3]).tolist()
+
+    return {
+        "folder": "dicom/MR_axial_T1",
+        "series_instance_uid": series.series_instance_uid,
+        "nodules": [
+            {"id": 1, "visible": True, "center_voxel": [2, 15, 12], "center_patient_mm": centre([2, 15, 12]),
+             "diameters_mm": [12.0, 10.0, 8.0], "depth_mm": 15.0, "fascia_depth_mm": None,
+             "defect": {"present": True, "width_mm": 5.0}},
+            {"id": 2, "visible": True, "center_voxel": [4, 25, 44], "center_patient_mm": centre([4, 25, 44]),
+             "diameters_mm": [10.0, 8.0, 6.0], "depth_mm": 10.0, "fascia_depth_mm": None,
+             "defect": {"present": False, "width_mm": None}},
+            {"id": 3, "visible": False, "center_voxel": [0, 30, 5], "center_patient_mm": centre([0, 30, 5]),
+             "diameters_mm": [20.0, 10.0, 8.0], "depth_mm": 5.0, "fascia_depth_mm": None,
+             "defect": {"present": False, "width_mm": None}},
+        ],
+    }  # fmt: skip
+
+
+def _truth_mask() -> np.ndarray:
+    m = np.zeros(SHAPE, dtype=bool)
+    m[1:4, 10:20, 5:15] = True  # nodule 1: 300 voxels, 300 of them inside the 450-voxel prediction
+    m[3:5, 22:28, 40:46] = True  # nodule 2: 72 voxels
+    return m
+
+
+def test_evaluate_series_and_summarise_on_real_findings(tmp_path):
+    series = _series()
+    nodules, series_p = extract_nodules(series, _probabilities(series), thresholds=dict(DEFAULT_THRESHOLDS))
+    assert [round(n.confidence, 3) for n in nodules] == [0.9, 0.6]
+    rec = evaluate_series(series, nodules, series_p, _truth(series), _truth_mask(), case="case_0000")
+    assert rec.lesion_scores == pytest.approx([0.9, None])  # nodule 3 is not visible: not a target
+    assert rec.lesion_scores_all == pytest.approx([0.9, None, None])
+    assert rec.fp_scores == pytest.approx([0.6])
+    assert rec.dice == pytest.approx([2 * 300 / (450 + 300)])
+    assert rec.defect_pairs == [(pytest.approx(0.8), True)]
+    assert rec.calibration_pairs == [(pytest.approx(0.9), True), (pytest.approx(0.6), False)]
+    assert rec.has_target
+    # prediction longest diameter 15 cols x 0.8 = 12 mm, truth 12 mm
+    assert rec.errors_mm["longest_diameter"] == pytest.approx([0.0])
+
+    empty = ImageSeries(**{**series.__dict__, "series_instance_uid": "1.2.3.9"})
+    empty_rec = evaluate_series(empty, [], 0.0, {"folder": "x", "nodules": []}, None, case="case_0001")
+    metrics = summarise([rec, empty_rec], tmp_path)["MR"]
+    assert metrics["n_series"] == 2 and metrics["n_cases"] == 2 and metrics["n_target_nodules"] == 2
+    # one FP in 2 series = 0.5 FP/series: at 0.125 and 0.25 only the 0.9 hit counts
+    assert metrics["froc"]["sensitivity"] == pytest.approx([0.5] * 5)
+    assert metrics["froc_all"]["sensitivity"] == pytest.approx([1 / 3] * 5)
+    assert metrics["series_auc"] == pytest.approx(1.0)  # 1 - 0.1 * 0.4 against 0.0
+    assert metrics["defect_auc"] is None  # only a positive pair
+    # ECE of (0.9, hit) and (0.6, miss): (0.1 + 0.6) / 2
+    assert metrics["ece"] == pytest.approx(0.35)
+    assert (tmp_path / metrics["reliability_png"]).is_file()
+    json.dumps(metrics)
+    png = froc_plot({"MR": metrics["froc"]["curve"]}, tmp_path / "froc.png")
+    with Image.open(png) as img:
+        px = np.asarray(img.convert("RGB"))
+    assert ((px[..., 0] > 150) & (px[..., 1] < 80)).sum() > 50  # the red curve is drawn
+
+
+def test_split_truth_instances_by_component_and_centre():
+    series = _series()
+    parts = split_truth_instances(_truth_mask(), _truth(series)["nodules"])
+    assert parts[0].sum() == 300 and parts[1].sum() == 72
+    # nodule 3's centre lies in no component: it gets the nearest component (nodule 1's)
+    assert (parts[2] == parts[0]).all()
+
+
+def _seg_file(series: ImageSeries, mask: np.ndarray, path):
+    import highdicom as hd
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    sources = []
+    for k, src in enumerate(series.sources):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Test", "PH0", "", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = series.study_instance_uid, series.series_instance_uid
+        ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20260101", "120000", ""
+        ds.ReferringPhysicianName, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "", "MR", 1, k + 1
+        ds.SOPClassUID, ds.SOPInstanceUID = src.sop_class_uid, src.sop_instance_uid
+        ds.FrameOfReferenceUID = series.frame_of_reference_uid
+        pos = AFFINE[:3, :3] @ np.array([k, 0, 0]) + AFFINE[:3, 3]
+        ds.ImagePositionPatient = [float(v) for v in pos]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 4.0
+        ds.Rows, ds.Columns, ds.SamplesPerPixel = SHAPE[1], SHAPE[2], 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.zeros(SHAPE[1:], np.uint16).tobytes()
+        sources.append(ds)
+    seg_class = codes.SCT.Tissue
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=n, segment_label=label, segmented_property_category=seg_class,
+            segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for n, label in ((1, "fat"), (2, "nodule"))
+    ]  # fmt: skip
+    labels = np.stack([np.zeros_like(mask), mask], axis=-1).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=labels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=2,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test", manufacturer_model_name="test",
+        software_versions="0", device_serial_number="0",
+    )  # fmt: skip
+    seg.save_as(path)
+    return path
+
+
+def test_read_truth_mask_from_a_real_seg(tmp_path):
+    series = _series()
+    mask = _truth_mask()
+    path = _seg_file(series, mask, tmp_path / "seg.dcm")
+    got = read_truth_mask(path, series)
+    assert got.shape == SHAPE and (got == mask).all()
+    # the same SEG against a series whose slices are in reverse order: frames follow the UIDs
+    flipped = ImageSeries(**{**series.__dict__, "sources": series.sources[::-1]})
+    assert (read_truth_mask(path, flipped) == mask[::-1]).all()
+    assert not read_truth_mask(path, series, segment="fascia").any()
+    other = ImageSeries(**{**series.__dict__, "sources": [FrameSource("1.2.3.4.5", MR_IMAGE)] * SHAPE[0]})
+    with pytest.raises(InvalidDicom, match="outside the series"):
+        read_truth_mask(path, other)
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not dicom at all")
+    with pytest.raises(InvalidDicom, match=r"bad\.dcm"):
+        read_truth_mask(bad, series)
+
+
+def test_ground_truth_and_case_discovery(tmp_path):
+    case = tmp_path / "set" / "case_0000"
+    case.mkdir(parents=True)
+    (case / "ground_truth.json").write_text(json.dumps({"schema": "backmice.phantom/1", "series": []}))
+    assert find_cases([tmp_path / "set"]) == [case / "ground_truth.json"]
+    assert find_cases([case]) == [case / "ground_truth.json"]
+    assert read_ground_truth(case / "ground_truth.json")["series"] == []
+    (case / "ground_truth.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"ground_truth\.json"):
+        read_ground_truth(case / "ground_truth.json")
+    (case / "ground_truth.json").write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(ConfigError, match=r"backmice\.phantom/1"):
+        read_ground_truth(case / "ground_truth.json")
+    with pytest.raises(ConfigError, match="not found"):
+        find_cases([tmp_path / "missing"])

@@ -1,0 +1,345 @@
+"""findings.extract_nodules / match_nodules on hand-built series with known geometry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backmice_vision.errors import ConfigError, ModelError
+from backmice_vision.findings import (
+    DEFAULT_THRESHOLDS,
+    extract_nodules,
+    load_thresholds,
+    match_nodules,
+    nodule_dice,
+    nodule_full_mask,
+    principal_extents_mm,
+)
+from backmice_vision.labels import BACKGROUND, DEFECT, FASCIA, FAT, MODEL_CLASSES, NODULE
+from backmice_vision.types import FrameSource, ImageSeries, UltrasoundRegion
+
+THR = dict(DEFAULT_THRESHOLDS)
+
+
+def _series(modality, pixels, spacing=None, affine=None, regions=(), header=None) -> ImageSeries:
+    n = pixels.shape[0]
+    return ImageSeries(
+        modality=modality,
+        pixels=pixels.astype(np.float32),
+        spacing_mm=spacing,
+        sources=[FrameSource(f"1.2.3.{k}", "1.2.840.10008.5.1.4.1.1.4") for k in range(n)],
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        affine=affine,
+        regions=list(regions),
+        header=header or {},
+    )
+
+
+def _probs(shape, tissue) -> np.ndarray:
+    """Softmax-like maps: background where ``tissue`` is False, fat inside."""
+    p = np.zeros((len(MODEL_CLASSES), *shape), dtype=np.float32)
+    p[BACKGROUND] = ~tissue
+    p[FAT] = tissue
+    return p
+
+
+def _put(p: np.ndarray, cls: int, where, value: float) -> None:
+    """Set class ``cls`` to ``value`` at ``where`` and give the rest to fat (sums stay 1)."""
+    p[:, where[0], where[1], where[2]] = 0.0
+    p[cls, where[0], where[1], where[2]] = value
+    p[FAT, where[0], where[1], where[2]] = 1.0 - value
+
+
+# ------------------------------------------------------------------------------------------ MR
+
+SHAPE_MR = (12, 64, 64)
+NODULE_BOX = (slice(4, 8), slice(30, 40), slice(20, 35))  # 4 slices x 10 rows x 15 cols
+
+
+def _mr_case(affine: np.ndarray):
+    """Body = rows 0..49 in every slice (skin between rows 49 and 50), nodule box, fascia rows 20-21."""
+    body = np.zeros(SHAPE_MR, dtype=bool)
+    body[:, :50, :] = True
+    pixels = np.where(body, 100.0, 0.0)
+    p = _probs(SHAPE_MR, body)
+    _put(p, NODULE, NODULE_BOX, 0.9)
+    _put(p, FASCIA, (slice(None), slice(20, 22), slice(None)), 1.0)
+    _put(p, DEFECT, (slice(5, 6), slice(27, 30), slice(24, 32)), 0.9)  # deep side (lower i = anterior)
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return _series("MR", pixels, spacing=spacing, affine=affine), p
+
+
+def _affine(cols: list[list[float]], origin: list[float]) -> np.ndarray:
+    a = np.eye(4)
+    a[:3, :3] = np.array(cols, dtype=float).T
+    a[:3, 3] = origin
+    return a
+
+
+FLIPPED = _affine([[0, 0, -4.0], [0, 0.8, 0], [-0.8, 0, 0]], [50.0, -20.0, 30.0])
+
+
+def _rot_x(deg: float) -> np.ndarray:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def test_mr_flipped_affine_measurements_match_hand_computation():
+    series, p = _mr_case(FLIPPED)
+    nodules, series_p = extract_nodules(series, p, thresholds=THR)
+    assert len(nodules) == 1
+    n = nodules[0]
+    assert n.id == 1
+    assert n.center_voxel == pytest.approx((5.5, 34.5, 27.0))
+    # x = 50 - 0.8 * 27, y = -20 + 0.8 * 34.5, z = 30 - 4 * 5.5
+    assert n.center_patient_mm == pytest.approx((28.4, 7.6, 8.0))
+    assert n.side == "left"
+    assert n.diameters_mm == pytest.approx((16.0, 12.0, 8.0))
+    assert n.volume_ml == pytest.approx(600 * 4 * 0.8 * 0.8 / 1000)
+    # last nodule row 39, first air row 50: rows 40..49 between = 8.0 mm
+    assert n.depth_mm == pytest.approx(8.0)
+    # skin surface y = 19.6; centre y = 7.6 -> 12 mm; fascia posterior edge y = -2.8 -> 22.4 mm
+    assert n.needle_target is not None
+    assert n.needle_target.depth_mm == pytest.approx(12.0, abs=0.45)
+    assert n.needle_target.skin_patient_mm is not None
+    assert n.needle_target.skin_patient_mm[1] == pytest.approx(19.6, abs=0.45)
+    assert n.needle_target.skin_voxel[1] == pytest.approx(49.5, abs=0.6)
+    assert n.fascia_depth_mm == pytest.approx(22.4, abs=0.45)
+    d = n.fascia_defect
+    assert d.present and d.probability == pytest.approx(0.9)
+    # defect voxels: 8 cols x 0.8 mm along x, one 4 mm slice along z -> 6.4 mm
+    assert d.width_mm == pytest.approx(6.4)
+    assert d.location_voxel == pytest.approx((5.0, 28.0, 27.5))
+    assert n.confidence == pytest.approx(0.9, abs=1e-6)
+    assert series_p == pytest.approx(0.9, abs=1e-6)
+    assert n.bbox == (4, 30, 20, 8, 40, 35)
+    assert n.mask is not None and n.mask.shape == (4, 10, 15) and n.mask.all()
+
+
+def test_mr_oblique_affine_rotation_invariant_sizes_and_right_side():
+    # columns: k -> 3.5 mm along rotated z, i -> 0.8 mm along rotated y, j -> 0.8 mm along -x
+    rot = _rot_x(30.0)
+    cols = [list(rot @ np.array([0, 0, 3.5])), list(rot @ np.array([0, 0.8, 0])), [-0.8, 0, 0]]
+    affine = _affine(cols, [-10.0, 5.0, -40.0])
+    series, p = _mr_case(affine)
+    (n,), _ = extract_nodules(series, p, thresholds=THR)
+    expected = affine[:3, :3] @ np.array([5.5, 34.5, 27.0]) + affine[:3, 3]
+    assert n.center_patient_mm == pytest.approx(tuple(expected))
+    assert expected[0] < 0 and n.side == "right"
+    assert n.diameters_mm == pytest.approx((14.0, 12.0, 8.0))  # 4 x 3.5 mm, 15 x 0.8 mm, 10 x 0.8 mm
+    assert n.volume_ml == pytest.approx(600 * 3.5 * 0.8 * 0.8 / 1000)
+    assert n.depth_mm == pytest.approx(8.0)  # rotation does not change the gap to the skin rows
+    # +y in patient space is oblique to the rows now: the skin is met after 12 / cos(30°)
+    assert n.needle_target is not None
+    assert n.needle_target.depth_mm == pytest.approx(12.0 / math.cos(math.radians(30)), abs=1.2)
+
+
+def test_mr_small_components_removed_and_zero_findings():
+    series, p = _mr_case(FLIPPED)
+    _put(p, NODULE, (slice(9, 10), slice(10, 12), slice(50, 52)), 0.95)  # 4 voxels = 10 mm^3
+    nodules, _ = extract_nodules(series, p, thresholds=THR)
+    assert len(nodules) == 1
+    empty = _probs(SHAPE_MR, series.pixels > 0)
+    nodules, series_p = extract_nodules(series, empty, thresholds=THR)
+    assert nodules == [] and series_p == 0.0
+
+
+def test_separate_slabs_merge_only_through_overlap():
+    series, p = _mr_case(FLIPPED)
+    # a second box on slices 8..9 that overlaps the first one's (i, j) footprint on slice 7 -> merged
+    _put(p, NODULE, (slice(8, 10), slice(35, 45), slice(30, 40)), 0.8)
+    assert len(extract_nodules(series, p, thresholds=THR)[0]) == 1
+    series, p = _mr_case(FLIPPED)
+    # the same, shifted in-plane so it touches only diagonally across slices -> two nodules
+    _put(p, NODULE, (slice(8, 10), slice(40, 48), slice(35, 45)), 0.8)
+    assert len(extract_nodules(series, p, thresholds=THR)[0]) == 2
+
+
+def test_calibration_and_noisy_or_series_probability():
+    series, p = _mr_case(FLIPPED)
+    _put(p, NODULE, (slice(0, 3), slice(5, 15), slice(40, 55)), 0.7)
+    cal = {"nodule": {"method": "platt", "input": "probability", "a": 1.0, "b": 1.0}}
+    nodules, series_p = extract_nodules(series, p, thresholds=THR, calibration=cal)
+    expected = sorted((1 / (1 + math.exp(-(math.log(q / (1 - q)) + 1))) for q in (0.9, 0.7)), reverse=True)
+    assert [n.confidence for n in nodules] == pytest.approx(expected)
+    assert [n.id for n in nodules] == [1, 2]
+    assert series_p == pytest.approx(1 - (1 - expected[0]) * (1 - expected[1]))
+    strict = dict(THR, confidence_threshold=0.9)  # between 0.864 and 0.961
+    assert len(extract_nodules(series, p, thresholds=strict, calibration=cal)[0]) == 1
+
+
+def test_bad_probability_shape_is_a_model_error():
+    series, p = _mr_case(FLIPPED)
+    with pytest.raises(ModelError, match="shape"):
+        extract_nodules(series, p[:, :5], thresholds=THR)
+
+
+# ------------------------------------------------------------------------------------------ US
+
+FRAME = (120, 160)
+REGION = UltrasoundRegion(index=1, box=(20, 30, 100, 150), spacing_mm=(0.2, 0.25), depth_offset_mm=2.0)
+EMPTY_REGION = UltrasoundRegion(index=0, box=(0, 0, 20, 30), spacing_mm=(0.2, 0.25))
+
+
+def _us_case(region: UltrasoundRegion, header=None):
+    tissue = np.zeros((1, *FRAME), dtype=bool)
+    r0, c0, r1, c1 = region.box
+    tissue[:, r0:r1, c0:c1] = True
+    p = _probs(tissue.shape, tissue)
+    _put(p, NODULE, (slice(0, 1), slice(50, 80), slice(60, 100)), 0.8)  # 30 rows x 40 cols
+    _put(p, FASCIA, (slice(0, 1), slice(90, 93), slice(c0, c1)), 1.0)
+    _put(p, DEFECT, (slice(0, 1), slice(80, 83), slice(70, 78)), 0.9)
+    # a nodule-like blob outside every region: must be ignored
+    p[:, 0, 105:120, 0:25] = 0.0
+    p[NODULE, 0, 105:120, 0:25] = 1.0
+    pixels = np.random.default_rng(0).random((1, *FRAME)).astype(np.float32)
+    return _series("US", pixels, regions=[EMPTY_REGION, region], header=header), p
+
+
+def test_us_calibrated_region_offset_uses_region_spacing_and_source_grid():
+    series, p = _us_case(REGION, header={"ImageLaterality": "R"})
+    nodules, _ = extract_nodules(series, p, thresholds=THR)
+    assert len(nodules) == 1
+    n = nodules[0]
+    assert n.region_index == 1
+    assert n.center_voxel == pytest.approx((0.0, 64.5, 79.5))  # frame coordinates, not region ones
+    assert n.center_patient_mm is None and n.volume_ml is None
+    assert n.diameters_mm == pytest.approx((40 * 0.25, 30 * 0.2))
+    assert n.depth_mm == pytest.approx(2.0 + (50 - 20) * 0.2)
+    assert n.fascia_depth_mm == pytest.approx(2.0 + (90 - 20) * 0.2)
+    assert n.side == "right"
+    assert n.needle_target is not None
+    assert n.needle_target.skin_voxel == pytest.approx((0.0, 20.0, 79.5))
+    assert n.needle_target.depth_mm == pytest.approx(2.0 + (64.5 - 20 + 0.5) * 0.2)
+    d = n.fascia_defect
+    assert d.present and d.probability == pytest.approx(0.9) and d.width_mm == pytest.approx(8 * 0.25)
+    assert d.location_voxel == pytest.approx((0.0, 81.0, 73.5))
+    assert n.bbox == (0, 50, 60, 1, 80, 100)
+
+
+def test_us_without_calibration_reports_no_millimetres():
+    region = UltrasoundRegion(index=1, box=REGION.box, spacing_mm=None)
+    series, p = _us_case(region)
+    (n,), _ = extract_nodules(series, p, thresholds=THR)
+    assert n.diameters_mm == () and n.longest_diameter_mm is None
+    assert n.depth_mm is None and n.fascia_depth_mm is None and n.needle_target is None
+    assert n.fascia_defect.width_mm is None
+    assert n.center_voxel == pytest.approx((0.0, 64.5, 79.5))
+    assert n.side is None
+
+
+def test_us_cine_blob_moving_two_pixels_per_frame_is_one_tracked_nodule():
+    n_frames = 8
+    tissue = np.zeros((n_frames, *FRAME), dtype=bool)
+    tissue[:, 20:100, 30:150] = True
+    p = _probs(tissue.shape, tissue)
+    rr, cc = np.mgrid[: FRAME[0], : FRAME[1]]
+    for k in range(n_frames):
+        radius = 14 if k == 5 else 10  # frame 5 is the largest: the key frame
+        disc = (rr - 60) ** 2 + (cc - (60 + 2 * k)) ** 2 <= radius**2
+        p[:, k][:, disc] = 0.0
+        p[NODULE, k][disc] = 0.9
+    series = _series("US", np.zeros((n_frames, *FRAME)), regions=[REGION])
+    nodules, _ = extract_nodules(series, p, thresholds=THR)
+    assert len(nodules) == 1
+    n = nodules[0]
+    assert n.center_voxel == pytest.approx((5.0, 60.0, 70.0))
+    assert n.bbox[0] == 0 and n.bbox[3] == n_frames
+    assert n.mask is not None and n.mask.shape[0] == n_frames
+    assert n.diameters_mm[0] == pytest.approx(29 * 0.25, abs=0.3)  # key-frame disc across 29 columns
+    # a truth nodule on frame 2 is matched through the track's mask on that frame
+    truth = [{"center_voxel": [2, 60, 64], "diameters_mm": [6.0], "region_index": 1}]
+    (m,) = match_nodules(nodules, truth, series)
+    assert m.pred == 0 and m.truth == 0 and m.distance_mm == pytest.approx(0.0, abs=1e-6)
+
+
+def test_us_zero_findings():
+    series, p = _us_case(REGION)
+    p[NODULE] = 0.0
+    p[FAT] = 1.0 - p[BACKGROUND] - p[FASCIA] - p[DEFECT]
+    nodules, series_p = extract_nodules(series, p, thresholds=THR)
+    assert nodules == [] and series_p == 0.0
+
+
+# ------------------------------------------------------------------------------------------ matching
+
+
+def test_match_nodules_mr_radius_duplicates_and_misses():
+    series, p = _mr_case(FLIPPED)
+    _put(p, NODULE, (slice(4, 8), slice(30, 40), slice(40, 50)), 0.6)  # second nodule 14 mm to the right
+    nodules, _ = extract_nodules(series, p, thresholds=THR)
+    assert len(nodules) == 2
+    c = np.array(nodules[0].center_patient_mm)
+    truth = [
+        {
+            "center_patient_mm": (c + np.array([0, 0, 4.0])).tolist(),
+            "center_voxel": [0, 0, 0],
+            "diameters_mm": [12.0],
+        },
+        {
+            "center_patient_mm": (c + np.array([0, 60.0, 0])).tolist(),
+            "center_voxel": [0, 0, 0],
+            "diameters_mm": [30.0],
+        },
+    ]
+    matches = match_nodules(nodules, truth, series)
+    hits = [m for m in matches if m.pred is not None and m.truth is not None and not m.duplicate]
+    assert [(m.pred, m.truth) for m in hits] == [(0, 0)]
+    assert hits[0].distance_mm == pytest.approx(4.0)
+    # the second prediction is 14.6 mm away from truth 0 (radius 6 mm) -> false positive
+    assert any(m.pred == 1 and m.truth is None for m in matches)
+    assert any(m.pred is None and m.truth == 1 for m in matches)
+    # a wider truth nodule reaches both predictions: the weaker one is a duplicate
+    truth[0]["diameters_mm"] = [40.0]
+    matches = match_nodules(nodules, truth, series)
+    assert any(m.pred == 1 and m.truth == 0 and m.duplicate for m in matches)
+
+
+def test_match_nodules_us_uses_region_millimetres():
+    series, p = _us_case(REGION)
+    nodules, _ = extract_nodules(series, p, thresholds=THR)
+    # 20 rows (4 mm) below the predicted centre: inside a 5 mm radius, outside with a column offset of 30
+    near = {"center_voxel": [0, 84.5, 79.5], "diameters_mm": [8.0], "region_index": 1}
+    far = {"center_voxel": [0, 64.5, 109.5], "diameters_mm": [8.0], "region_index": 1}  # 7.5 mm
+    (m,) = [m for m in match_nodules(nodules, [near], series) if m.pred == 0]
+    assert m.truth == 0 and m.distance_mm == pytest.approx(4.0)
+    (m,) = [m for m in match_nodules(nodules, [far], series) if m.pred == 0]
+    assert m.truth is None
+    other_region = dict(near, region_index=0)
+    assert match_nodules(nodules, [other_region], series)[0].truth is None
+
+
+def test_dice_and_full_mask():
+    series, p = _mr_case(FLIPPED)
+    (n,), _ = extract_nodules(series, p, thresholds=THR)
+    full = nodule_full_mask(n, series.shape)
+    assert full.sum() == 600
+    truth = np.zeros(series.shape, dtype=bool)
+    truth[4:8, 30:40, 20:30] = True  # 400 voxels, all inside the prediction
+    assert nodule_dice(full, truth) == pytest.approx(2 * 400 / 1000)
+    assert nodule_dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    assert nodule_dice(np.array([1, 0], bool), np.array([0, 1], bool)) == 0.0
+
+
+def test_principal_extents_of_rotated_box():
+    rng = np.random.default_rng(3)
+    rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    lin = rot @ np.diag([2.0, 1.0, 0.5])
+    idx = np.argwhere(np.ones((5, 7, 9), bool))
+    assert principal_extents_mm(idx @ lin.T, lin) == pytest.approx((10.0, 7.0, 4.5))
+
+
+def test_load_thresholds_from_yaml(tmp_path):
+    cfg = tmp_path / "inference.yaml"
+    cfg.write_text("thresholds:\n  nodule_threshold: 0.35\n  min_diameter_mm: 8\nother: 1\n")
+    thr = load_thresholds(cfg)
+    assert thr["nodule_threshold"] == 0.35 and thr["min_diameter_mm"] == 8.0
+    assert thr["defect_threshold"] == DEFAULT_THRESHOLDS["defect_threshold"]
+    cfg.write_text("nodule_threshold: high\n")
+    with pytest.raises(ConfigError, match="nodule_threshold"):
+        load_thresholds(cfg)
+    with pytest.raises(ConfigError, match="not found"):
+        load_thresholds(tmp_path / "missing.yaml")

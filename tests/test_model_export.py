@@ -1,0 +1,60 @@
+"""ONNX / TorchScript export: same outputs as torch on a real model input of another size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_factory import tiny_bundle, write_mr_with_seg
+
+from backmice_vision.errors import ConfigError, ModelError
+from backmice_vision.model.bundle import load_bundle
+from backmice_vision.model.export import export_model
+from backmice_vision.model.inference import make_tiles, pad_batch
+
+
+@pytest.fixture(scope="module")
+def model_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    from backmice_vision.io import load_series
+
+    root = tmp_path_factory.mktemp("export")
+    series_dir, _, _, _ = write_mr_with_seg(root / "data")
+    bundle = tiny_bundle(root / "m")
+    tiles = make_tiles(load_series(series_dir), load_bundle(bundle).preprocessing, frames=[1, 2])
+    x = pad_batch([t.image for t in tiles], 16)
+    assert x.shape[2:] != (128, 128)  # not the tracing size: exercises the dynamic axes
+    return bundle, x
+
+
+def reference(bundle: Path, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return load_bundle(bundle).network(torch.from_numpy(x)).numpy()
+
+
+def test_onnx_matches_torch(model_input: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    bundle, x = model_input
+    path = export_model(bundle, "onnx", tmp_path / "out")
+    assert path == tmp_path / "out" / "model.onnx"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(["logits"], {"image": x})
+    assert np.abs(got - reference(bundle, x)).max() < 1e-4
+
+
+def test_torchscript_matches_torch(model_input: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    bundle, x = model_input
+    path = export_model(bundle, "torchscript", tmp_path / "model.ts")
+    net = torch.jit.load(str(path))
+    with torch.inference_mode():
+        got = net(torch.from_numpy(x)).numpy()
+    assert np.abs(got - reference(bundle, x)).max() < 1e-4
+
+
+def test_export_errors(model_input: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="onnx or torchscript"):
+        export_model(model_input[0], "tflite", tmp_path / "x")  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="model folder not found"):
+        export_model(tmp_path / "none", "onnx", tmp_path / "x")

@@ -1,0 +1,106 @@
+"""Training: a real (tiny) run on annotated DICOM, resume to the same weights, time limit, bundle."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from model_factory import SEGMENT_MAP, TINY_NET, write_mr_with_seg
+
+from backmice_vision.errors import ConfigError
+from backmice_vision.model.bundle import load_bundle
+from backmice_vision.model.train import train
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model_train")
+    write_mr_with_seg(root / "train" / "a", seed=0)
+    write_mr_with_seg(root / "train" / "b", seed=1)
+    write_mr_with_seg(root / "val", seed=2)
+    return root
+
+
+def config(data: Path, work: Path, **over: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "tiny_mr",
+        "modality": "MR",
+        "seed": 3,
+        "num_threads": 1,
+        "work_dir": str(work / "run"),
+        "cache_dir": str(data / "cache"),
+        "out": str(work / "bundle"),
+        "network": copy.deepcopy(TINY_NET),
+        "calibrate": False,
+        "data": {
+            "train": [{"type": "dicom_seg", "path": str(data / "train"), "segment_map": SEGMENT_MAP}],
+            "val": [{"type": "dicom_seg", "path": str(data / "val"), "segment_map": SEGMENT_MAP}],
+        },
+        "augment": {"patch": [48, 48], "samples_per_image": 2},
+        "optim": {"lr": 0.01, "batch_size": 4, "epochs": 3, "steps_per_epoch": 4},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def quiet(msg: str) -> None:
+    pass
+
+
+def test_train_learns_and_writes_a_bundle(data: Path, tmp_path: Path) -> None:
+    out = train(config(data, tmp_path), device="cpu", log=quiet)
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    b = load_bundle(out)
+    assert b.metadata["training"]["epochs_run"] == 3
+    assert b.metadata["metrics"]["validation"]["mean_dice"] == max(h["mean_dice"] for h in history)
+    assert "Dice" in (out / "README.md").read_text()
+
+
+def test_resume_continues_to_the_same_weights(data: Path, tmp_path: Path) -> None:
+    train(config(data, tmp_path / "a"), device="cpu", log=quiet)
+
+    def crash_after_epoch_2(msg: str) -> None:
+        if msg.startswith("epoch 2/3"):
+            raise Interrupted
+
+    cfg_b = config(data, tmp_path / "b")
+    with pytest.raises(Interrupted):
+        train(cfg_b, device="cpu", log=crash_after_epoch_2)
+    assert torch.load(tmp_path / "b" / "run" / "last.pt", weights_only=False)["epoch"] == 2
+    lines: list[str] = []
+    train(cfg_b, resume=True, device="cpu", log=lines.append)
+    assert any(line.startswith("resumed from epoch 2") for line in lines)
+    a = torch.load(tmp_path / "a" / "run" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "run" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
+
+
+def test_time_limit_stops_and_still_writes_the_bundle(data: Path, tmp_path: Path) -> None:
+    out = train(config(data, tmp_path, max_minutes=1e-6), device="cpu", log=quiet)
+    training = load_bundle(out).metadata["training"]
+    assert training["stopped_by_time_limit"] and training["epochs_run"] == 1
+    assert training["history"][0]["steps"] == 1
+
+
+def test_config_errors(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="modality must be US or MR"):
+        train(config(data, tmp_path, modality="CT"), log=quiet)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(config(data, tmp_path), resume=True, device="cpu", log=quiet)
+    bad = config(data, tmp_path)
+    bad["data"]["train"][0]["segment_map"] = {"Lipoma": "tumour"}
+    with pytest.raises(ConfigError, match="unknown class 'tumour'"):
+        train(bad, device="cpu", log=quiet)

@@ -1,0 +1,86 @@
+"""Overlay rendering: source-resolution arrays, colours on the mask edges, scale bar only when calibrated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from export_factory import make_result, mr, us
+from PIL import Image
+
+from backmice_vision.errors import BackmiceError
+from backmice_vision.render import (
+    ORANGE,
+    SKY_BLUE,
+    WHITE,
+    finding_frames,
+    key_frames,
+    png_scale,
+    render_overlay,
+    save_montage,
+    save_overlays,
+)
+
+
+def _has(img: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    return np.all(img == np.asarray(colour, np.uint8), axis=-1)
+
+
+def test_overlay_us_contour_on_mask_edge_and_source_resolution(tmp_path: Path) -> None:
+    series = us(tmp_path / "us.dcm", 1)
+    result = make_result(series, 1)
+    img = render_overlay(result, 0)
+    assert img.shape == (60, 80, 3) and img.dtype == np.uint8
+    nodule = result.nodules[0]
+    _, i0, j0, _, i1, j1 = nodule.bbox
+    orange = _has(img, ORANGE)
+    # every contour pixel inside the bbox lies on the mask (the contour is the mask's inner edge)
+    inside = orange[i0:i1, j0:j1]
+    assert inside.sum() >= 10
+    assert not (inside & ~nodule.mask[0]).any()
+    # pixels off the overlays keep the source colour
+    assert np.array_equal(img[55:, 72:], series.rgb[0, 55:, 72:])
+
+
+def test_overlay_png_has_defect_label_and_scale_bar(tmp_path: Path) -> None:
+    result = make_result(us(tmp_path / "us.dcm", 1), 1)
+    paths = save_overlays(result, tmp_path / "out")
+    assert [p.name for p in paths] == ["overlay_k0000.png"]
+    img = np.asarray(Image.open(paths[0]).convert("RGB"))
+    scale = png_scale((60, 80))
+    assert img.shape == (60 * scale, 80 * scale, 3)
+    assert _has(img, SKY_BLUE).sum() > 10  # defect triangle
+    assert _has(img, ORANGE).sum() > 100  # contour and label text
+    # scale bar: a white run of exactly 2 mm at 0.1 mm/pixel (10 and 5 mm are longer than 40 % width)
+    runs = [int(row.sum()) for row in _has(img, WHITE)[int(img.shape[0] * 0.9) :]]
+    assert max(runs) in (20 * scale, 20 * scale + 1)
+
+
+def test_uncalibrated_us_says_size_na_and_has_no_scale_bar(tmp_path: Path) -> None:
+    cal = render_overlay(make_result(us(tmp_path / "a.dcm", 1), 1), 0)
+    result = make_result(us(tmp_path / "b.dcm", 1, calibrated=False), 1)
+    img = render_overlay(result, 0)
+    bottom = slice(int(img.shape[0] * 0.85), None)
+    assert _has(cal[bottom], WHITE).sum() > _has(img[bottom], WHITE).sum()
+    assert not result.series.calibrated
+
+
+def test_mr_frames_montage_and_bad_index(tmp_path: Path) -> None:
+    result = make_result(mr(tmp_path / "mr"), 2)
+    assert finding_frames(result) == [0, 1, 2]
+    assert key_frames(result) == [0, 1]
+    img = render_overlay(result, 1)
+    assert img.shape == (40, 36, 3)
+    assert _has(img, ORANGE).any()
+    assert not _has(render_overlay(result, 4), ORANGE).any()  # no nodule on the last slice
+    montage = save_montage(result, tmp_path / "montage.png", tile=200)
+    assert Image.open(montage).size == (2 * round(36 * 200 / 40), 200)
+    with pytest.raises(BackmiceError, match="frame index 9"):
+        render_overlay(result, 9)
+
+
+def test_no_findings_montage_only(tmp_path: Path) -> None:
+    result = make_result(mr(tmp_path / "mr"), 0)
+    assert save_overlays(result, tmp_path / "o") == []
+    assert save_montage(result, tmp_path / "o" / "montage.png").is_file()
