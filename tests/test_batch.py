@@ -1,0 +1,133 @@
+"""Batch runs over a folder with good series, a corrupt file and a non-DICOM file (real DICOM, real model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from model_factory import tiny_bundle, write_mr_with_seg
+
+from backmice_vision.batch import read_manifest, run_batch, safe_name
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("archive")
+    for i in range(2):
+        write_mr_with_seg(root / f"study{i}", seed=i)
+    (root / "notes.txt").write_text("not dicom")
+    corrupt = root / "broken.dcm"
+    corrupt.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff garbage")
+    bundle = tiny_bundle(tmp_path_factory.mktemp("models") / "tiny_mr", "MR")
+    return root, bundle
+
+
+def test_batch_reports_failures_and_writes_good_series(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    root, bundle = archive
+    report = run_batch(
+        root, tmp_path, model=str(bundle), device="cpu", progress="quiet", formats=["json", "png"]
+    )
+    assert report.exit_code == 1
+    done = [o for o in report.outcomes if o.status == "done"]
+    assert len(done) == 2
+    assert [Path(p).name for p, _ in report.unreadable] == ["broken.dcm"]
+    for o in done:
+        study, series = o.key.split("/")
+        assert study == safe_name(study) and series == safe_name(series)
+        report_json = json.loads((tmp_path / o.key / "report.json").read_text())
+        assert report_json["schema"] == "backmice.report/1"
+        assert report_json["series_instance_uid"].endswith(series)
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert {r["status"] for r in rows} == {"done", "failed"}
+    page = (tmp_path / "index.html").read_text()
+    assert "broken.dcm" in page and "Test^Model" not in page
+
+    again = run_batch(
+        root,
+        tmp_path,
+        model=str(bundle),
+        device="cpu",
+        progress="quiet",
+        formats=["json", "png"],
+        resume=True,
+    )
+    assert sorted(o.status for o in again.outcomes) == ["skipped", "skipped"]
+    assert set(read_manifest(tmp_path)) == {o.key for o in done}
+
+
+def test_resume_redoes_a_series_whose_outputs_are_gone(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    root, bundle = archive
+    first = run_batch(root, tmp_path, model=str(bundle), device="cpu", progress="quiet", formats=["json"])
+    victim = next(o for o in first.outcomes if o.status == "done")
+    (tmp_path / victim.outputs[0]).unlink()
+    again = run_batch(
+        root, tmp_path, model=str(bundle), device="cpu", progress="quiet", formats=["json"], resume=True
+    )
+    status = {o.key: o.status for o in again.outcomes}
+    assert status[victim.key] == "done"
+    assert sorted(status.values()) == ["done", "skipped"]
+
+
+@pytest.mark.slow
+def test_dask_engine_matches_local(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    root, bundle = archive
+    local = run_batch(
+        root, tmp_path / "local", model=str(bundle), device="cpu", progress="quiet", formats=["json"]
+    )
+    dask = run_batch(
+        root,
+        tmp_path / "dask",
+        model=str(bundle),
+        device="cpu",
+        progress="quiet",
+        formats=["json"],
+        engine="dask",
+        workers=2,
+    )
+
+    def findings(rep):  # type: ignore[no-untyped-def]
+        return {o.key: (o.status, o.findings) for o in rep.outcomes}
+
+    assert findings(local) == findings(dask)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, bundle = archive
+    killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
+    args = ["--model", str(bundle), "--device", "cpu", "--formats", "json", "--quiet"]
+    cmd = [sys.executable, "-m", "backmice_vision", "batch", str(root)]
+    proc = subprocess.Popen([*cmd, "--out", str(killed_out), *args], stderr=subprocess.DEVNULL)
+    manifest = killed_out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished_before = set(read_manifest(killed_out))
+    assert len(finished_before) == 1
+
+    resumed = run_batch(
+        root, killed_out, model=str(bundle), device="cpu", progress="quiet", formats=["json"], resume=True
+    )
+    status = {o.key: o.status for o in resumed.outcomes}
+    assert {k for k, s in status.items() if s == "skipped"} == finished_before
+    assert sorted(status.values()) == ["done", "skipped"]
+
+    clean = run_batch(root, clean_out, model=str(bundle), device="cpu", progress="quiet", formats=["json"])
+    for o in clean.outcomes:
+        if o.status != "done":
+            continue
+        a = json.loads((clean_out / o.key / "report.json").read_text())
+        b = json.loads((killed_out / o.key / "report.json").read_text())
+        assert a["findings"] == b["findings"]
+        assert a["series_probability"] == b["series_probability"]
+    assert not list(killed_out.rglob("*.tmp*"))
