@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from .. import __version__
 from ..errors import BackmiceError
+from ..export.dicom_common import save_atomic
 from ..labels import MODEL_CLASSES, tissue_to_class_lut
 from ..types import UltrasoundRegion
 
@@ -169,19 +169,6 @@ def _base_dataset(
     ds.AcquisitionDateTime = study.study_date + study.study_time
     ds.BurnedInAnnotation = "NO"
     return ds
-
-
-def save_atomic(ds: Dataset, path: Path) -> Path:
-    """Write ``ds`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BackmiceError(f"cannot write DICOM file ({exc.strerror or exc})", path) from exc
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
