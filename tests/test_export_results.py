@@ -90,6 +90,9 @@ def test_no_findings_and_format_subset(tmp_path: Path) -> None:
     _check_schema(report)
     for path in (*written["sr"], *written["seg"]):
         assert dciodvfy_errors(path) == [], path
-    assert save_result(result, tmp_path / "sc", ["sc"]) == {"sc": []}
+    # Without findings the SC still shows the analysed (middle) frame, so viewers show the series was read.
+    sc_paths = save_result(result, tmp_path / "sc", ["sc"])["sc"]
+    assert [p.name for p in sc_paths] == [f"sc_k{result.series.shape[0] // 2:04d}.dcm"]
+    assert dciodvfy_errors(sc_paths[0]) == []
     with pytest.raises(ConfigError, match="unknown output format"):
         save_result(result, tmp_path / "x", ["pdf"])

@@ -103,12 +103,17 @@ def build_sc(
 
 
 def write_sc(result: DetectionResult, out_dir: Path, *, series_instance_uid: str | None = None) -> list[Path]:
-    """One SC file ``sc_k<k>.dcm`` per frame with a finding (none without findings)."""
+    """One SC file ``sc_k<k>.dcm`` per frame with a finding.
+
+    Without findings one SC of the middle frame is written, so a viewer that shows neither SEG nor SR
+    still shows that the series was analysed (the SR and report say "no finding").
+    """
     from pydicom.uid import generate_uid
 
     series_uid = series_instance_uid or str(generate_uid())
     paths = []
-    for number, k in enumerate(finding_frames(result), start=1):
+    frames = finding_frames(result) or [result.series.shape[0] // 2]
+    for number, k in enumerate(frames, start=1):
         sc = build_sc(result, k, series_instance_uid=series_uid, instance_number=number)
         paths.append(save_atomic(sc, out_dir / f"sc_k{k:04d}.dcm"))
     return paths
