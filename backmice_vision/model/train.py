@@ -4,7 +4,7 @@ Config keys (``configs/train_us.yaml`` documents each; relative paths are relati
 ``name``, ``modality`` (US | MR), ``seed``, ``num_threads``, ``work_dir`` (checkpoints, log),
 ``cache_dir`` (preprocessed samples), ``out`` (bundle folder), ``preprocessing``, ``network`` (optional
 MONAI spec), ``data`` (``train`` / ``val`` source lists, see :mod:`backmice_vision.model.data`;
-a phantom source with ``generate: {cases, seed[, config]}`` is generated first when its folder has no
+a phantom source with ``generate: {cases, seed[, config][, anatomy]}`` is generated first when its folder has no
 cases), ``augment``, ``optim`` (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``,
 ``steps_per_epoch``), ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``.
 
@@ -108,7 +108,9 @@ def _maybe_generate(sources: list[dict[str, Any]], modality: str, log: Log) -> N
         cfg_path = (
             Path(gen["config"]) if gen.get("config") else CONFIG_DIR / f"phantom_{modality.lower()}.yaml"
         )
-        phantom_cfg = load_yaml_config(cfg_path) if cfg_path.is_file() else None
+        phantom_cfg = load_yaml_config(cfg_path) if cfg_path.is_file() else {}
+        if gen.get("anatomy"):  # e.g. a validation set that must show nodules
+            phantom_cfg = {**phantom_cfg, "anatomy": {**phantom_cfg.get("anatomy", {}), **gen["anatomy"]}}
         log(f"generating {gen['cases']} {modality} phantom cases into {root} (seed {gen.get('seed', 0)})")
         generate_cases(
             "us" if modality == "US" else "mr",
@@ -134,9 +136,11 @@ def _dice_counts(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
 def validate(
     net: Any, samples: list[dict[str, np.ndarray]], device: Any, multiple: int = 16, batch_size: int = 8
 ) -> dict[str, float]:
-    """Dice per class over all validation pixels (argmax prediction) and ``mean_dice`` of nodule & defect.
+    """Dice per class over all validation pixels (argmax prediction) and ``mean_dice``, the selection score.
 
-    A class absent from both prediction and truth scores 1.
+    ``mean_dice`` averages nodule and defect Dice over the classes present in the truth; a validation set
+    without nodule pixels cannot rank checkpoints and raises :class:`ConfigError`. (A class absent from both
+    prediction and truth scores 1 in its own ``dice_<class>`` entry.)
     """
     tiles = [Tile(0, (0, 0, *s["image"].shape[-2:]), s["image"]) for s in samples]
     counts = np.zeros((len(MODEL_CLASSES), 3), dtype=np.int64)
@@ -150,7 +154,13 @@ def validate(
         )
         for k, c in enumerate(MODEL_CLASSES)
     }
-    dice["mean_dice"] = 0.5 * (dice[f"dice_{MODEL_CLASSES[NODULE]}"] + dice[f"dice_{MODEL_CLASSES[DEFECT]}"])
+    if counts[NODULE, 2] == 0:
+        raise ConfigError(
+            "the validation set has no nodule pixels: generate it with nodules "
+            "(e.g. `anatomy: {no_nodule_prob: 0.2}` under the val source's `generate:`)"
+        )
+    scored = [k for k in (NODULE, DEFECT) if counts[k, 2] > 0]
+    dice["mean_dice"] = sum(dice[f"dice_{MODEL_CLASSES[k]}"] for k in scored) / len(scored)
     return {k: float(v) for k, v in dice.items()}
 
 
