@@ -3,9 +3,10 @@
 Each overlay shows the source frame (colour ultrasound as stored, greyscale windowed from the frame's 1st
 to 99th percentile), every nodule present on that frame as an orange contour (Okabe–Ito #E69F00) with a
 numbered label ``"#1 87% 18.4 mm"`` (confidence, longest diameter) or ``"size n/a (uncalibrated)"``, the
-fascia defect as a sky-blue triangle (#56B4E9) at ``FasciaDefect.location_voxel`` and a 10 mm scale bar
-(from the column spacing; none when uncalibrated). Nothing from the DICOM header is drawn, so no patient
-identifier can be burned in.
+fascia defect as a sky-blue triangle (#56B4E9) at ``FasciaDefect.location_voxel``, a scale bar of a
+round length near a fifth of the width (from the column spacing; none when uncalibrated), a one-line key,
+and for MR the patient-orientation letters (LPS, from the affine) at the four edges. Nothing from the
+DICOM header is drawn, so no patient identifier can be burned in.
 
 Frames are indexed ``k`` as in :mod:`backmice_vision.types`. :func:`render_overlay` returns the overlay at
 the source resolution (the Secondary Capture uses exactly this array); the PNGs are drawn upscaled by an
@@ -32,6 +33,16 @@ ORANGE = (230, 159, 0)  # nodule
 SKY_BLUE = (86, 180, 233)  # fascia defect
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 PNG_MIN_SIDE = 512  # PNG overlays are upscaled until their longer side is at least this many pixels
+SCALE_BAR_MM = (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0)
+KEY = "orange: nodule #, confidence, longest diameter | blue triangle: fascia defect"
+_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))  # +/- x, y, z in LPS
+
+
+def orientation_letters(vector: np.ndarray) -> str:
+    """DICOM Patient Orientation letters of an LPS direction, largest component first (at most 3)."""
+    v = vector / (np.linalg.norm(vector) or 1.0)
+    order = np.argsort(-np.abs(v))
+    return "".join(_LETTERS[a][0 if v[a] > 0 else 1] for a in order if abs(v[a]) > 0.25)[:3]
 
 
 def finding_frames(result: DetectionResult) -> list[int]:
@@ -158,17 +169,29 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
             ORANGE,
             (width, height),
         )
+    bounds = (width, height)
+    small = max(10, font_size * 2 // 3)
+    roomy = min(height, width) >= 256  # the key and orientation letters would hide a small image
+    if here and roomy and draw.textlength(KEY, font=_font(small)) < 0.9 * width:
+        _text(draw, (4, 4), KEY, small, WHITE, bounds)
     spacing = _col_spacing_mm(result, here[0] if here else None)
     if spacing:
-        length_mm = next((mm for mm in (10.0, 5.0, 2.0, 1.0) if mm / spacing * scale <= 0.4 * width), None)
+        length_mm = next((mm for mm in SCALE_BAR_MM if mm / spacing * scale <= 0.25 * width), None)
         if length_mm is not None:
             bar = length_mm / spacing * scale
             x0, y0 = 0.04 * width, height - 0.05 * height
             draw.rectangle((x0 - 1, y0 - thick - 1, x0 + bar + 1, y0 + thick + 1), fill=BLACK)
             draw.rectangle((x0, y0 - thick, x0 + bar, y0 + thick), fill=WHITE)
-            _text(
-                draw, (x0, y0 - thick - font_size - 6), f"{length_mm:g} mm", font_size, WHITE, (width, height)
-            )
+            _text(draw, (x0, y0 - thick - font_size - 6), f"{length_mm:g} mm", font_size, WHITE, bounds)
+    if result.series.affine is not None and roomy:
+        row_dir, col_dir = np.asarray(result.series.affine)[:3, 1], np.asarray(result.series.affine)[:3, 2]
+        for vector, (x, y) in (
+            (col_dir, (width - 2 * font_size, height / 2)),
+            (-col_dir, (4, height / 2)),
+            (row_dir, (width / 2, height - font_size - 8)),
+            (-row_dir, (width / 2, font_size + 12)),
+        ):
+            _text(draw, (x, y), orientation_letters(vector), font_size, WHITE, bounds)
     return np.asarray(image, dtype=np.uint8)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..render import finding_frames, render_overlay
+from ..render import finding_frames, orientation_letters, render_overlay
 from .dicom_common import (
     MANUFACTURER,
     SERIES_DESCRIPTIONS,
@@ -31,21 +31,12 @@ if TYPE_CHECKING:
 
     from ..types import DetectionResult
 
-_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))  # +/- x, y, z in LPS
-
-
-def _direction(vector: np.ndarray) -> str:
-    """DICOM Patient Orientation letters of an LPS direction, largest component first (at most 3)."""
-    v = vector / (np.linalg.norm(vector) or 1.0)
-    order = np.argsort(-np.abs(v))
-    return "".join(_LETTERS[a][0 if v[a] > 0 else 1] for a in order if abs(v[a]) > 0.25)[:3]
-
 
 def patient_orientation(result: DetectionResult, source: Dataset) -> tuple[str, str]:
     """(row direction, column direction): from the MR affine, else the source's Patient Orientation."""
     affine = result.series.affine
     if affine is not None:
-        return _direction(np.asarray(affine)[:3, 2]), _direction(np.asarray(affine)[:3, 1])
+        return orientation_letters(np.asarray(affine)[:3, 2]), orientation_letters(np.asarray(affine)[:3, 1])
     value = list(source.get("PatientOrientation", []) or [])
     return (str(value[0]), str(value[1])) if len(value) == 2 else ("", "")
 
