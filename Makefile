@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
+EVAL_DIR := build/eval
 
 .PHONY: demo test lint venv clean gallery evaluate
 
@@ -29,6 +30,16 @@ test: lint
 
 gallery: $(STAMP)
 	$(PY) scripts/gallery.py --out docs/gallery
+
+# Held-out, shifted phantom sets (other seeds and settings) -> docs/evaluation (JSON + PNG plots).
+$(EVAL_DIR)/%_shifted/.done: configs/phantom_%_shifted.yaml | $(STAMP)
+	rm -rf $(@D)
+	$(PY) -m backmice_vision phantom --modality $* --cases 30 --seed $(if $(filter us,$*),9101,9202) \
+		--config $< --out $(@D) --quiet
+	touch $@
+
+evaluate: $(EVAL_DIR)/us_shifted/.done $(EVAL_DIR)/mr_shifted/.done
+	$(PY) -m backmice_vision evaluate --data $(EVAL_DIR)/us_shifted $(EVAL_DIR)/mr_shifted --out docs/evaluation
 
 clean:
 	rm -rf build $(VENV)

@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("build/evaluation"))
     p.add_argument("--model", help="model folder (default: the shipped ones)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--flip", action="store_true", help="test-time left-right flip (twice the model time)")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("export", help="export a model to ONNX or TorchScript")

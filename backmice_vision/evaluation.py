@@ -29,6 +29,7 @@ Definitions (per modality):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,7 @@ class SeriesRecord:
     series_probability: float = 0.0
     has_target: bool = False
     errors_mm: dict[str, list[float]] = field(default_factory=dict)
+    detect_s: float = 0.0
 
 
 def evaluate_series(
@@ -323,6 +325,7 @@ def summarise(records: list[SeriesRecord], plots_dir: Path | None = None) -> dic
                 k: _stats([e for r in recs for e in r.errors_mm.get(k, [])])
                 for k in ("longest_diameter", "depth", "fascia_depth")
             },
+            "detect_seconds_per_series": _stats([r.detect_s for r in recs]),
             "ece": None,
             "n_calibration": len(cal),
         }
@@ -396,9 +399,12 @@ def find_cases(data_dirs: Iterable[Path]) -> list[Path]:
 
 
 def run_evaluation(
-    data_dirs: list[Path], out_dir: Path, model: str | None = None, device: str = "auto"
+    data_dirs: list[Path], out_dir: Path, model: str | None = None, device: str = "auto", flip: bool = False
 ) -> dict[str, Any]:
     """Run the detector over phantom case folders and write ``out_dir/evaluation.json`` and PNG plots.
+
+    ``flip`` turns on the detector's test-time left-right flip (its cost shows in
+    ``detect_seconds_per_series``).
 
     Series that cannot be loaded or detected are listed under ``problems`` (one line each) and skipped.
     Returns the report written to ``evaluation.json``.
@@ -413,7 +419,7 @@ def run_evaluation(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    detector = Detector.from_pretrained(model, device)
+    detector = Detector.from_pretrained(model, device, flip=flip)
     records: list[SeriesRecord] = []
     problems: list[str] = []
     for gt_path in cases:
@@ -426,7 +432,9 @@ def run_evaluation(
                 if entry.get("series_instance_uid") not in (None, series.series_instance_uid):
                     problems.append(f"{where}: series UID differs from the ground truth; skipped")
                     continue
+                t0 = time.perf_counter()
                 result = detector.detect(series)
+                detect_s = time.perf_counter() - t0
                 seg = case_dir / entry["seg"] if entry.get("seg") else None
                 mask = read_truth_mask(seg, series) if seg is not None and seg.is_file() else None
             except BackmiceError as exc:
@@ -435,14 +443,17 @@ def run_evaluation(
             except KeyError as exc:
                 problems.append(f"{where}: ground-truth series entry lacks {exc}")
                 continue
-            records.append(
-                evaluate_series(series, result.nodules, result.series_probability, entry, mask, case_dir.name)
+            record = evaluate_series(
+                series, result.nodules, result.series_probability, entry, mask, case_dir.name
             )
+            record.detect_s = detect_s
+            records.append(record)
     metrics = summarise(records, out_dir)
     froc_png = froc_plot({m: v["froc"]["curve"] for m, v in metrics.items()}, out_dir / "froc.png")
     report = {
         "schema": SCHEMA,
         "model": model or "default",
+        "test_time_flip": flip,
         "n_cases": len(cases),
         "n_series": len(records),
         "target_definition": f"visible and longest diameter >= {TARGET_MIN_DIAMETER_MM:g} mm",

@@ -49,7 +49,7 @@ def run_evaluate(ns: argparse.Namespace) -> int:
 
     from ..evaluation import run_evaluation
 
-    report = run_evaluation(list(ns.data), ns.out, ns.model, ns.device)
+    report = run_evaluation(list(ns.data), ns.out, ns.model, ns.device, flip=ns.flip)
     print(json.dumps({k: report[k] for k in ("n_cases", "n_series") if k in report}))
     for problem in report.get("problems", []):
         print(f"problem: {problem}", file=sys.stderr)

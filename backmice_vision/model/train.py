@@ -4,9 +4,10 @@ Config keys (``configs/train_us.yaml`` documents each; relative paths are relati
 ``name``, ``modality`` (US | MR), ``seed``, ``num_threads``, ``work_dir`` (checkpoints, log),
 ``cache_dir`` (preprocessed samples), ``out`` (bundle folder), ``preprocessing``, ``network`` (optional
 MONAI spec), ``data`` (``train`` / ``val`` source lists, see :mod:`backmice_vision.model.data`;
-a phantom source with ``generate: {cases, seed[, config][, anatomy]}`` is generated first when its folder has no
-cases), ``augment``, ``optim`` (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``,
-``steps_per_epoch``), ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``.
+a phantom source with ``generate: {cases, seed[, config][, anatomy]}`` is generated first when its
+folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys), ``augment``, ``optim``
+(``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
+``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``.
 
 Loop: DiceCE loss (Dice without background, over the batch) on class-balanced patches; AdamW with cosine
 decay per epoch; validation after every epoch on the full validation tiles (Dice of nodule and defect over
