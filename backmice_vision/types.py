@@ -181,7 +181,7 @@ class DetectionResult:
     thresholds: dict[str, float] = field(default_factory=dict)
 
     def save(self, out_dir: str | Path, formats: list[str] | None = None) -> dict[str, list[Path]]:
-        """Write the outputs (``png``, ``json``, ``seg``, ``sr``, ``sc``; all by default)."""
+        """Write the outputs (``png``, ``json``, ``seg``, ``sr``, ``sc`` by default; ``segprob`` if asked)."""
         from .export import save_result
 
         return save_result(self, Path(out_dir), formats)

@@ -58,3 +58,41 @@ def test_export_errors(model_input: tuple[Path, np.ndarray], tmp_path: Path) -> 
         export_model(model_input[0], "tflite", tmp_path / "x")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="model folder not found"):
         export_model(tmp_path / "none", "onnx", tmp_path / "x")
+
+
+@pytest.mark.parametrize("modality", ["MR", "US"])
+def test_onnxruntime_backend_matches_torch(tmp_path: Path, modality: str) -> None:
+    from export_factory import us
+
+    from backmice_vision.io import load_series
+    from backmice_vision.model.detector import Detector
+
+    bundle = tiny_bundle(tmp_path / "m", modality)
+    if modality == "MR":
+        series = load_series(write_mr_with_seg(tmp_path / "data")[0])
+    else:  # colour cine, tissue region offset inside the frame; with test-time flipping
+        series = us(tmp_path / "us.dcm", 3, rows=120, cols=140)
+    flip = modality == "US"
+    ref = Detector(bundle, "cpu", flip=flip).probabilities(series)
+    detector = Detector(bundle, backend="onnxruntime", flip=flip)
+    assert detector.device.type == "cpu"
+    timings: dict[str, float] = {}
+    got = detector.probabilities(series, timings)
+    assert got.shape == ref.shape == (5, *series.shape) and got.dtype == np.float32
+    assert 0.0 < np.abs(got - ref).max() < 1e-4  # a different engine, the same probabilities
+    assert ref.std() > 0.01 and timings["model"] > 0
+    result = detector.detect(series)
+    assert np.abs(result.nodule_probability - ref[3]).max() < 1e-4
+
+
+def test_backend_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from backmice_vision.model.detector import Detector
+
+    bundle = tiny_bundle(tmp_path / "m")
+    with pytest.raises(ConfigError, match="backend must be torch or onnxruntime"):
+        Detector(bundle, "cpu", backend="tensorrt")  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(ModelError, match="needs the onnxruntime package"):
+        Detector(bundle, "cpu", backend="onnxruntime")

@@ -7,6 +7,8 @@ Files in ``out_dir`` (no patient identifier in any name):
 * ``seg``: ``seg.dcm``, DICOM SEG (:mod:`.seg`)
 * ``sr``: ``sr.dcm``, TID 1500 SR citing the SEG (:mod:`.sr`); asking for ``sr`` also writes ``seg.dcm``
 * ``sc``: ``sc_k<k>.dcm``, Secondary Capture of each overlay (:mod:`.sc`)
+* ``segprob``: ``seg_probability.dcm``, FRACTIONAL DICOM SEG of the nodule probability (:mod:`.seg`); opt-in:
+  not in the default set (:data:`DEFAULT_FORMATS`), asked for by name, e.g. ``["all", "segprob"]``
 
 Every file is written through a temporary file in ``out_dir`` and ``os.replace``.
 """
@@ -21,17 +23,22 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..types import DetectionResult
 
-FORMATS: tuple[str, ...] = ("png", "json", "seg", "sr", "sc")
+FORMATS: tuple[str, ...] = ("png", "json", "seg", "sr", "sc", "segprob")
+DEFAULT_FORMATS: tuple[str, ...] = ("png", "json", "seg", "sr", "sc")  # what ``None`` and ``"all"`` mean
 
 
 def check_formats(formats: list[str] | None) -> list[str]:
-    """The formats to write, in :data:`FORMATS` order (all when ``None``); unknown names raise ConfigError."""
+    """The formats to write, in :data:`FORMATS` order: :data:`DEFAULT_FORMATS` when ``None``; the name
+    ``"all"`` stands for :data:`DEFAULT_FORMATS` too. Unknown names raise ConfigError."""
     if formats is None:
-        return list(FORMATS)
+        return list(DEFAULT_FORMATS)
     wanted = {f.strip().lower() for f in formats if f.strip()}
+    if "all" in wanted:
+        wanted = (wanted - {"all"}) | set(DEFAULT_FORMATS)
     unknown = sorted(wanted - set(FORMATS))
     if unknown:
-        raise ConfigError(f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        choices = ", ".join(("all", *FORMATS))
+        raise ConfigError(f"unknown output format(s) {', '.join(unknown)}; choose from {choices}")
     return [f for f in FORMATS if f in wanted]
 
 
@@ -57,6 +64,10 @@ def save_result(
             from .sr import build_sr
 
             written["sr"] = [save_atomic(build_sr(result, seg), out_dir / "sr.dcm")]
+    if "segprob" in chosen:
+        from .seg import write_probability_seg
+
+        written["segprob"] = [write_probability_seg(result, out_dir / "seg_probability.dcm")]
     if "sc" in chosen:
         from .sc import write_sc
 

@@ -12,6 +12,11 @@ Sources with a Frame of Reference (MR, classic or Enhanced) go through ``highdic
 highdicom 0.28 builds a SEG without a Frame of Reference (ultrasound) for one source frame only, so for
 ultrasound the SEG is built for one frame and its per-frame items are repeated for every (source frame,
 non-empty segment), each citing its source instance and frame.
+
+:func:`build_probability_seg` writes ``DetectionResult.nodule_probability`` as a FRACTIONAL SEG (type
+PROBABILITY, MaximumFractionalValue 255: stored value ``round(p * 255)``) with one segment
+``"nodule probability"``, on the same frames and geometry as the binary SEG. Frames whose probability rounds
+to 0 everywhere are omitted; for ultrasound every pixel outside the analysed tissue regions is 0.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import BackmiceError
 from ..labels import DEFECT
 from .dicom_common import (
     MANUFACTURER,
@@ -44,6 +50,9 @@ if TYPE_CHECKING:
 NODULE_LAB = (73.0, 20.0, 75.0)
 DEFECT_LAB = (70.0, -10.0, -35.0)
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+MAX_FRACTIONAL = 255
+PROBABILITY_SERIES_NUMBER = 9104
+PROBABILITY_SERIES_DESCRIPTION = "backmice nodule probability"
 
 
 def nodule_tracking_uid(result: DetectionResult, nodule: Nodule) -> str:
@@ -109,31 +118,102 @@ def build_seg(
     """The SEG dataset for ``result`` (see the module docstring); UIDs are new unless given."""
     import highdicom as hd
 
-    series = result.series
-    sources = source_datasets(series)
-    masks = segment_masks(result)
     kwargs: dict[str, Any] = {
         "segmentation_type": hd.seg.SegmentationTypeValues.BINARY,
         "segment_descriptions": _descriptions(result),
         "series_instance_uid": series_instance_uid or hd.UID(),
         "series_number": SERIES_NUMBERS["seg"],
         "sop_instance_uid": sop_instance_uid or hd.UID(),
+        "content_description": "Back mouse detection",
+        "series_description": SERIES_DESCRIPTIONS["seg"],
+    }
+    return _build(result, segment_masks(result), kwargs)
+
+
+def probability_planes(result: DetectionResult) -> np.ndarray:
+    """uint8 ``(n, rows, cols, 1)``: ``round(nodule_probability * 255)``, 0 outside the US tissue regions.
+
+    Raises :class:`BackmiceError` when the map's shape differs from the series or holds non-finite values.
+    """
+    prob = result.nodule_probability
+    if prob.shape != result.series.shape:
+        raise BackmiceError(
+            f"nodule probability map has shape {prob.shape}, the series {result.series.shape}"
+        )
+    if not np.isfinite(prob).all():
+        raise BackmiceError("nodule probability map holds non-finite values")
+    out = np.empty(prob.shape, dtype=np.uint8)
+    for k in range(prob.shape[0]):  # one frame at a time: no float copy of the whole volume
+        out[k] = np.rint(np.clip(prob[k], 0.0, 1.0) * np.float32(MAX_FRACTIONAL))
+    if result.series.modality == "US" and result.series.regions:
+        inside = np.zeros(prob.shape[1:], dtype=bool)
+        for region in result.series.regions:
+            r0, c0, r1, c1 = region.box
+            inside[r0:r1, c0:c1] = True
+        out[:, ~inside] = 0
+    return out[..., None]
+
+
+def build_probability_seg(
+    result: DetectionResult,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> Dataset:
+    """The FRACTIONAL (PROBABILITY, max 255) SEG of ``result.nodule_probability``; UIDs new unless given.
+
+    One segment ``"nodule probability"`` (SNOMED Lipoma); frames and geometry as :func:`build_seg`.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="nodule probability",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lipoma,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification(result),
+        display_color=hd.color.CIELabColor(*NODULE_LAB),
+    )
+    kwargs: dict[str, Any] = {
+        "segmentation_type": hd.seg.SegmentationTypeValues.FRACTIONAL,
+        "fractional_type": hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        "max_fractional_value": MAX_FRACTIONAL,
+        "segment_descriptions": [description],
+        "series_instance_uid": series_instance_uid or hd.UID(),
+        "series_number": PROBABILITY_SERIES_NUMBER,
+        "sop_instance_uid": sop_instance_uid or hd.UID(),
+        "content_description": "Back mouse probability",
+        "series_description": PROBABILITY_SERIES_DESCRIPTION,
+    }
+    return _build(result, probability_planes(result), kwargs)
+
+
+def _build(result: DetectionResult, planes: np.ndarray, kwargs: dict[str, Any]) -> Dataset:
+    """A SEG of ``planes`` ``(n, rows, cols, segments)`` on the source grid: bool masks (BINARY) or uint8
+    values 0…MAX_FRACTIONAL (FRACTIONAL)."""
+    import highdicom as hd
+
+    kwargs = {
         "instance_number": 1,
         "manufacturer": MANUFACTURER,
         "manufacturer_model_name": model_name(result),
         "software_versions": software_version(),
         "device_serial_number": "0",
         "content_label": "BACKMICE",
-        "content_description": "Back mouse detection",
-        "series_description": SERIES_DESCRIPTIONS["seg"],
+        **kwargs,
     }
+    sources = source_datasets(result.series)
     if "FrameOfReferenceUID" in sources[0]:
-        pixel_array = _stored_order(result, sources, masks)
+        pixel_array = _stored_order(result, sources, planes)
+        if pixel_array.dtype != bool:  # highdicom takes fractions as floats in [0, 1] and rounds × max
+            pixel_array = pixel_array.astype(np.float32) / np.float32(MAX_FRACTIONAL)
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=pixel_array, omit_empty_frames=True, **kwargs
         )
     else:
-        seg = _seg_without_frame_of_reference(result, sources, masks, kwargs)
+        seg = _seg_without_frame_of_reference(result, sources, planes, kwargs)
     add_provenance(seg, result)
     return seg
 
@@ -142,11 +222,11 @@ def _stored_order(result: DetectionResult, sources: list[Dataset], masks: np.nda
     """Masks reordered to the sources' frames: source instance order, then stored frame number."""
     index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(sources)}
     if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
-        out = np.zeros((int(sources[0].NumberOfFrames), *masks.shape[1:]), dtype=bool)
+        out = np.zeros((int(sources[0].NumberOfFrames), *masks.shape[1:]), dtype=masks.dtype)
         for k, src in enumerate(result.series.sources):
             out[src.frame_number - 1] = masks[k]
         return out
-    out = np.zeros((len(sources), *masks.shape[1:]), dtype=bool)
+    out = np.zeros((len(sources), *masks.shape[1:]), dtype=masks.dtype)
     for k, src in enumerate(result.series.sources):
         out[index[src.sop_instance_uid]] = masks[k]
     return out
@@ -166,7 +246,8 @@ def _seg_without_frame_of_reference(
             template_src.add(copy.deepcopy(elem))
     template_src.SOPClassUID = US_IMAGE_STORAGE
     n_seg = masks.shape[-1]
-    first = np.ones((1, *masks.shape[1:3], n_seg), dtype=bool)
+    binary = masks.dtype == bool
+    first = np.ones((1, *masks.shape[1:3], n_seg), dtype=bool if binary else np.float32)
     seg = hd.seg.Segmentation(
         source_images=[template_src], pixel_array=first, omit_empty_frames=False, **kwargs
     )
@@ -198,7 +279,7 @@ def _seg_without_frame_of_reference(
     seg.PerFrameFunctionalGroupsSequence = items
     seg.PatientOrientation = sources[0].get("PatientOrientation", "")  # Type 2C without a frame of reference
     seg.NumberOfFrames = len(items)
-    seg.PixelData = pack_bits(np.stack(planes))
+    seg.PixelData = pack_bits(np.stack(planes)) if binary else np.stack(planes).tobytes()
     return seg
 
 
@@ -211,4 +292,18 @@ def write_seg(
 ) -> Path:
     """Build the SEG (:func:`build_seg`) and write it atomically to ``path``."""
     seg = build_seg(result, series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid)
+    return save_atomic(seg, path)
+
+
+def write_probability_seg(
+    result: DetectionResult,
+    path: Path,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> Path:
+    """Build the probability SEG (:func:`build_probability_seg`) and write it atomically to ``path``."""
+    seg = build_probability_seg(
+        result, series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid
+    )
     return save_atomic(seg, path)

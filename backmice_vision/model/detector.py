@@ -3,27 +3,36 @@
 ``Detector.from_pretrained()`` uses the shipped bundles ``models/backmice_us`` and ``models/backmice_mr``,
 choosing by the series' modality at :meth:`Detector.detect` time; each bundle is loaded (and its sha256
 verified) once, on first use. ``model=`` names one bundle folder instead (then only its modality works).
+
+``backend="onnxruntime"`` runs the networks with onnxruntime on the CPU (an optional dependency; the
+ONNX graph is exported from the loaded bundle on first use). Measured with one thread on a loaded 2-core
+machine: network alone 1.1-1.4× faster than torch (batches of 8 tiles), :meth:`Detector.probabilities` on
+phantom series 1.2× (US cine) and 1.4× (MR), probabilities equal to 1e-5.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..labels import NODULE
 from ..types import DetectionResult, ImageSeries
 from .bundle import Bundle, default_bundle_dir, load_bundle
+
+if TYPE_CHECKING:
+    from .export import OnnxNetwork
 
 
 class Detector:
     """Find back mice in an :class:`ImageSeries`. Thresholds: ``configs/inference.yaml`` or ``thresholds``.
 
     ``flip`` averages the prediction with the left-right mirrored input (test-time augmentation; twice
-    the model time).
+    the model time). ``backend``: ``"torch"`` or ``"onnxruntime"`` (CPU only: ``device`` "auto" becomes
+    CPU; raises :class:`ModelError` when onnxruntime is not installed).
     """
 
     def __init__(
@@ -34,10 +43,23 @@ class Detector:
         thresholds: dict[str, float] | None = None,
         config: str | Path | None = None,
         flip: bool = False,
+        backend: Literal["torch", "onnxruntime"] = "torch",
     ) -> None:
         from .inference import resolve_device
 
+        if backend not in ("torch", "onnxruntime"):
+            raise ConfigError(f"backend must be torch or onnxruntime, not {backend!r}")
+        if backend == "onnxruntime":
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError as exc:
+                raise ModelError("backend 'onnxruntime' needs the onnxruntime package") from exc
+            device = "cpu" if device == "auto" else device
+        self.backend = backend
         self.device = resolve_device(device)
+        if backend == "onnxruntime" and self.device.type != "cpu":
+            raise ConfigError(f"the onnxruntime backend runs on the CPU, not on {self.device.type}")
+        self._onnx: dict[str, OnnxNetwork] = {}
         self.model_dir = None if model is None else Path(model)
         self.flip = flip
         self._config = config
@@ -76,7 +98,16 @@ class Detector:
         from .inference import predict_probabilities
 
         bundle = self.bundle_for(series.modality)
-        return predict_probabilities(bundle, series, self.device, flip=self.flip, timings=timings)
+        if self.backend == "torch":
+            return predict_probabilities(bundle, series, self.device, flip=self.flip, timings=timings)
+        if bundle.modality not in self._onnx:
+            from .export import OnnxNetwork
+
+            self._onnx[bundle.modality] = OnnxNetwork(bundle)
+        net = self._onnx[bundle.modality]
+        return predict_probabilities(
+            net, series, self.device, prep=bundle.preprocessing, flip=self.flip, timings=timings
+        )
 
     def detect(self, series: ImageSeries) -> DetectionResult:
         """Run the whole detection on one series: probabilities, instances and measurements."""

@@ -35,6 +35,8 @@ from ..types import ImageSeries
 if TYPE_CHECKING:
     import torch
 
+    from .export import OnnxNetwork
+
 N_CLASSES = len(MODEL_CLASSES)
 
 
@@ -245,7 +247,7 @@ def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
 
 
 def run_network(
-    net: torch.nn.Module,
+    net: torch.nn.Module | OnnxNetwork,
     tiles: list[Tile],
     device: torch.device,
     *,
@@ -259,7 +261,8 @@ def run_network(
 
     out: dict[int, np.ndarray] = {}
     index = {id(t): n for n, t in enumerate(tiles)}
-    net.eval()
+    if isinstance(net, torch.nn.Module):
+        net.eval()
     with torch.inference_mode():
         for batch in _batches(tiles, batch_size):
             x = torch.from_numpy(pad_batch([t.image for t in batch], multiple)).to(device)
@@ -285,19 +288,24 @@ def predict_probabilities(
     """Class probabilities float32 ``(C, n, rows, cols)`` (classes ``MODEL_CLASSES``) on the source grid.
 
     ``model`` is a :class:`~backmice_vision.model.bundle.Bundle` (its own preprocessing) or a network
-    with ``prep`` given. Ultrasound pixels outside every analysed region are background with
-    probability 1. ``timings`` (if given) receives ``preprocess`` and ``model`` seconds.
+    (torch, or an :class:`~backmice_vision.model.export.OnnxNetwork` on the CPU) with ``prep`` given.
+    Ultrasound pixels outside every analysed region are background with probability 1. ``timings`` (if
+    given) receives ``preprocess`` and ``model`` seconds.
     """
     import time
 
     import torch
 
+    from .export import OnnxNetwork
+
     net = getattr(model, "network", model)
     prep = prep if prep is not None else getattr(model, "preprocessing", None)
-    if prep is None or not isinstance(net, torch.nn.Module):
+    if prep is None or not isinstance(net, torch.nn.Module | OnnxNetwork):
         raise ModelError("predict_probabilities needs a Bundle, or a network and its Preprocessing")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    if next(net.parameters()).device != dev:
+    if isinstance(net, OnnxNetwork) and dev.type != "cpu":
+        raise ModelError(f"the onnxruntime backend runs on the CPU, not on {dev.type}")
+    if isinstance(net, torch.nn.Module) and next(net.parameters()).device != dev:
         net.to(dev)
     t0 = time.perf_counter()
     tiles = make_tiles(series, prep)
