@@ -236,36 +236,41 @@ def evaluate_series(
     truth_mask: np.ndarray | None = None,
     case: str = "",
 ) -> SeriesRecord:
-    """Match one series' predictions to its ground-truth entry (``ground_truth.json`` ``series[i]``)."""
+    """Match one series' predictions to its ground-truth entry (``ground_truth.json`` ``series[i]``).
+
+    A cine's ground truth lists a nodule once per frame (same ``id`` and ``region_index``): those entries
+    form one lesion, hit when a prediction hits any of its frames; further predictions on it are duplicates.
+    """
     truth = list(truth_entry.get("nodules", []))
-    targets = [is_target(t) for t in truth]
+    groups = _lesion_groups(truth, cine=truth_entry.get("kind") == "us_cine")
+    group_of = {t: g for g, members in enumerate(groups) for t in members}
+    targets = [any(is_target(truth[t]) for t in members) for members in groups]
     matches = match_nodules(nodules, truth, series)
     best: dict[int, float] = {}
     fp_scores: list[float] = []
     calibration: list[tuple[float, bool]] = []
-    hit_pred: dict[int, int] = {}
-    for m in matches:
-        if m.pred is None:
-            continue
-        conf = float(nodules[m.pred].confidence)
+    hit_pred: dict[int, tuple[int, int]] = {}  # lesion -> (prediction, matched truth entry)
+    predicted = [(m.pred, m) for m in matches if m.pred is not None]
+    for p, m in sorted(predicted, key=lambda pm: -nodules[pm[0]].confidence):
+        conf = float(nodules[p].confidence)
         calibration.append((conf, m.truth is not None))
         if m.truth is None:
             fp_scores.append(conf)
-        elif not m.duplicate:
-            best[m.truth] = conf
-            hit_pred[m.truth] = m.pred
+        elif not m.duplicate and group_of[m.truth] not in best:
+            best[group_of[m.truth]] = conf
+            hit_pred[group_of[m.truth]] = (p, m.truth)
     instances = split_truth_instances(truth_mask, truth) if truth_mask is not None else {}
     dice: list[float] = []
     defect: list[tuple[float, bool]] = []
     errors: dict[str, list[float]] = {"longest_diameter": [], "depth": [], "fascia_depth": []}
-    for t, p in hit_pred.items():
+    for g, (p, t) in hit_pred.items():
         pred, tr = nodules[p], truth[t]
-        if targets[t] and t in instances:
+        if targets[g] and t in instances:
             dice.append(nodule_dice(nodule_full_mask(pred, series.shape), instances[t]))
         gt_defect = tr.get("defect")
         if isinstance(gt_defect, dict) and "present" in gt_defect:
             defect.append((float(pred.fascia_defect.probability), bool(gt_defect["present"])))
-        if targets[t]:
+        if targets[g]:
             pairs = (
                 ("longest_diameter", pred.longest_diameter_mm, max(tr.get("diameters_mm") or [0.0])),
                 ("depth", pred.depth_mm, tr.get("depth_mm")),
@@ -279,8 +284,8 @@ def evaluate_series(
         case=case,
         folder=str(truth_entry.get("folder", "")),
         n_predictions=len(nodules),
-        lesion_scores=[best.get(t) for t in range(len(truth)) if targets[t]],
-        lesion_scores_all=[best.get(t) for t in range(len(truth))],
+        lesion_scores=[best.get(g) for g in range(len(groups)) if targets[g]],
+        lesion_scores_all=[best.get(g) for g in range(len(groups))],
         fp_scores=fp_scores,
         dice=dice,
         defect_pairs=defect,
@@ -289,6 +294,16 @@ def evaluate_series(
         has_target=any(targets),
         errors_mm=errors,
     )
+
+
+def _lesion_groups(truth: list[dict[str, Any]], cine: bool) -> list[list[int]]:
+    """Truth entry indices per lesion: a cine's per-frame entries of one nodule (same id and region) join."""
+    if not cine:
+        return [[t] for t in range(len(truth))]
+    groups: dict[tuple[Any, Any], list[int]] = {}
+    for t, tr in enumerate(truth):
+        groups.setdefault((tr.get("id", t), tr.get("region_index")), []).append(t)
+    return list(groups.values())
 
 
 def _stats(values: list[float]) -> dict[str, Any]:

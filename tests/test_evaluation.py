@@ -22,9 +22,10 @@ from backmice_vision.evaluation import (
 )
 from backmice_vision.findings import DEFAULT_THRESHOLDS, extract_nodules
 from backmice_vision.labels import BACKGROUND, DEFECT, FAT, MODEL_CLASSES, NODULE
-from backmice_vision.types import FrameSource, ImageSeries
+from backmice_vision.types import FrameSource, ImageSeries, UltrasoundRegion
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 
 
 def test_froc_hand_computed():
@@ -147,6 +148,39 @@ def test_evaluate_series_and_summarise_on_real_findings(tmp_path):
     with Image.open(png) as img:
         px = np.asarray(img.convert("RGB"))
     assert ((px[..., 0] > 150) & (px[..., 1] < 80)).sum() > 50  # the red curve is drawn
+
+
+def test_cine_lesion_counts_once_across_its_frames():
+    n_frames, shape = 6, (80, 100)
+    region = UltrasoundRegion(index=0, box=(0, 0, *shape), spacing_mm=(0.2, 0.2))
+    p = np.zeros((len(MODEL_CLASSES), n_frames, *shape), dtype=np.float32)
+    p[FAT] = 1.0
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    for k in range(n_frames):
+        disc = (rr - 40) ** 2 + (cc - (40 + k)) ** 2 <= 15**2
+        p[:, k][:, disc] = 0.0
+        p[NODULE, k][disc], p[FAT, k][disc] = 0.8, 0.2
+    series = ImageSeries(
+        modality="US",
+        pixels=np.zeros((n_frames, *shape), dtype=np.float32),
+        sources=[FrameSource("1.2.826.0.1.3680043.8.498.7", US_MULTIFRAME, k + 1) for k in range(n_frames)],
+        spacing_mm=None,
+        study_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        regions=[region],
+    )
+    nodules, series_p = extract_nodules(series, p, thresholds=dict(DEFAULT_THRESHOLDS))
+    assert len(nodules) == 1  # tracked through the cine
+    truth = [
+        {"id": 1, "visible": True, "center_voxel": [k, 40, 40 + k], "diameters_mm": [9.0, 6.0],
+         "region_index": 0, "depth_mm": 5.0, "fascia_depth_mm": None, "defect": {"present": False}}
+        for k in range(n_frames)
+    ]  # fmt: skip
+    rec = evaluate_series(series, nodules, series_p, {"kind": "us_cine", "nodules": truth})
+    assert rec.lesion_scores == pytest.approx([0.8]) and rec.fp_scores == []
+    # the same entries read as separate single images: one hit, five misses
+    rec = evaluate_series(series, nodules, series_p, {"kind": "us_single", "nodules": truth})
+    assert rec.lesion_scores.count(None) == n_frames - 1
 
 
 def test_split_truth_instances_by_component_and_centre():
