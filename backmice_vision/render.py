@@ -2,11 +2,12 @@
 
 Each overlay shows the source frame (colour ultrasound as stored, greyscale windowed from the frame's 1st
 to 99th percentile), every nodule present on that frame as an orange contour (Okabe–Ito #E69F00) with a
-numbered label ``"#1 87% 18.4 mm"`` (confidence, longest diameter) or ``"size n/a (uncalibrated)"``, the
-fascia defect as a sky-blue triangle (#56B4E9) at ``FasciaDefect.location_voxel``, a scale bar of a
-round length near a fifth of the width (from the column spacing; none when uncalibrated), a one-line key,
-and for MR the patient-orientation letters (LPS, from the affine) at the four edges. Nothing from the
-DICOM header is drawn, so no patient identifier can be burned in.
+numbered label ``"#1 18.4 mm (conf 87%)"`` (longest diameter or ``"size n/a (uncalibrated)"``, calibrated
+confidence), the fascia defect as a sky-blue arrowhead (#56B4E9) pointing up at
+``FasciaDefect.location_voxel``, a scale bar of a round length up to a quarter of the width (from the
+column spacing; none when uncalibrated), a one-line key, and for MR the patient-orientation letters
+(LPS, from the affine) at the four edges. Nothing from the DICOM header is drawn, so no patient
+identifier can be burned in.
 
 Frames are indexed ``k`` as in :mod:`backmice_vision.types`. :func:`render_overlay` returns the overlay at
 the source resolution (the Secondary Capture uses exactly this array); the PNGs are drawn upscaled by an
@@ -34,7 +35,7 @@ SKY_BLUE = (86, 180, 233)  # fascia defect
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 PNG_MIN_SIDE = 512  # PNG overlays are upscaled until their longer side is at least this many pixels
 SCALE_BAR_MM = (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0)
-KEY = "orange: nodule #, confidence, longest diameter | blue triangle: fascia defect"
+KEY = "orange: nodule #, longest diameter (confidence) | blue arrowhead: fascia defect"
 _LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))  # +/- x, y, z in LPS
 
 
@@ -102,7 +103,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _label(nodule: Nodule, calibrated: bool) -> str:
     size = nodule.longest_diameter_mm
     text = f"{size:.1f} mm" if calibrated and size is not None else "size n/a (uncalibrated)"
-    return f"#{nodule.id} {round(100 * nodule.confidence):d}% {text}"
+    return f"#{nodule.id} {text} (conf {round(100 * nodule.confidence):d}%)"
 
 
 def _text(
@@ -156,8 +157,9 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
         if defect.present and defect.location_voxel is not None and round(defect.location_voxel[0]) == k:
             y, x = (defect.location_voxel[1] + 0.5) * scale, (defect.location_voxel[2] + 0.5) * scale
             r = max(4.0, font_size * 0.6)
+            tip = y + 0.4 * r  # an arrowhead below the gap, pointing up at it: the stalk stays visible
             draw.polygon(
-                [(x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)],
+                [(x, tip), (x - r, tip + 1.8 * r), (x + r, tip + 1.8 * r)],
                 outline=SKY_BLUE,
                 width=max(1, thick),
             )
@@ -242,6 +244,8 @@ def save_montage(result: DetectionResult, path: str | Path, *, tile: int = 384, 
         )
         x, y = (idx % ncol) * tw, (idx // ncol) * th
         canvas.paste(img, (x, y))
-        caption = f"frame {k}" if result.nodules else f"frame {k}: no finding"
-        _text(draw, (x + 2, y + 2), caption, max(10, tile // 28), WHITE, (x + tw, y + th))
+        caption = f"{'slice' if result.series.modality == 'MR' else 'frame'} {k}"
+        caption += "" if result.nodules else ": no finding"
+        size = max(10, tile // 28)
+        _text(draw, (x + tw, y + th - size - 8), caption, size, WHITE, (x + tw, y + th))  # bottom right
     return _write_png(np.asarray(canvas, dtype=np.uint8), Path(path))

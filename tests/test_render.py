@@ -52,7 +52,7 @@ def test_overlay_png_has_defect_label_and_scale_bar(tmp_path: Path) -> None:
     assert img.shape == (60 * scale, 80 * scale, 3)
     assert _has(img, SKY_BLUE).sum() > 10  # defect triangle
     assert _has(img, ORANGE).sum() > 100  # contour and label text
-    # scale bar: a white run of exactly 2 mm at 0.1 mm/pixel (10 and 5 mm are longer than 40 % width)
+    # scale bar: a white run of exactly 2 mm at 0.1 mm/pixel (5 mm and more exceed a quarter of the width)
     runs = [int(row.sum()) for row in _has(img, WHITE)[int(img.shape[0] * 0.9) :]]
     assert max(runs) in (20 * scale, 20 * scale + 1)
 
