@@ -16,6 +16,10 @@ from . import __version__
 from .errors import BackmiceError
 
 Handler = Callable[[argparse.Namespace], int]
+FORMATS_HELP = (
+    "comma-separated: png,json,seg,sr,sc,segprob (probability SEG); all = png,json,seg,sr,sc "
+    "(default all; e.g. all,segprob)"
+)
 
 
 def _info(ns: argparse.Namespace) -> int:
@@ -95,6 +99,12 @@ def _demo(ns: argparse.Namespace) -> int:
     return run_demo(ns.out)
 
 
+def _bench(ns: argparse.Namespace) -> int:
+    from .benchmark import run_bench
+
+    return run_bench(ns)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backmice",
@@ -122,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="run the detector on a series (file or folder) and write results")
     p.add_argument("path", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--formats", default="all", help="comma-separated: png,json,seg,sr,sc (default all)")
+    p.add_argument("--formats", default="all", help=FORMATS_HELP)
     p.add_argument("--model", help="model folder (default: the shipped model for the modality)")
     p.add_argument("--config", type=Path, help="inference thresholds YAML (default configs/inference.yaml)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -135,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip series finished with the same inputs")
     p.add_argument("--engine", choices=["local", "dask"], default="local")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster on 127.0.0.1)")
-    p.add_argument("--formats", default="all", help="comma-separated: png,json,seg,sr,sc (default all)")
+    p.add_argument("--formats", default="all", help=FORMATS_HELP)
     p.add_argument("--model", help="model folder (default: the shipped models)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dry-run", action="store_true", help="list what would be processed and stop")
@@ -172,7 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate the example series and run the whole job on them")
     p.add_argument("--out", type=Path, default=Path("build/demo"))
     p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("bench", help="measure speed, memory and throughput on generated realistic series")
+    bench_arguments(p)
+    p.set_defaults(handler=_bench)
     return parser
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``backmice bench`` (kept here so that ``--help`` imports nothing heavy)."""
+    p.add_argument("--quick", action="store_true", help="1 timed run, 4-series batch, 3 CLI runs (~1 min)")
+    p.add_argument("--data", type=Path, help="folder for the generated series (reused when present)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--repeats", type=int, help="timed runs per series after a warm-up (default 3)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per series run (default: torch's)")
+    p.add_argument("--formats", default="all", help="outputs written in the write stage (default all)")
+    p.add_argument("--no-workers", action="store_true", help="skip the 1- and 2-worker batch runs")
+    p.add_argument(
+        "--reference-roi",
+        choices=["patch", "image"],
+        default="patch",
+        help="ROI of the MONAI reference's sliding window: the training patch (default) or the whole image",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,3 +129,14 @@ def test_labels_follow_the_tile() -> None:
 def test_modality_mismatch() -> None:
     with pytest.raises(ModelError, match="expects MR input"):
         make_tiles(us_series(), DEFAULT_MR)
+
+
+def test_class_labels_is_argmax_with_first_class_on_ties():
+    from backmice_vision.model.inference import class_labels
+
+    p = np.random.default_rng(0).random((5, 3, 40, 50)).astype(np.float32)
+    p[3, 0] = p[1, 0] = 2.0  # a tie for the top class: the first one wins, as with argmax
+    labels = class_labels(p)
+    assert labels.dtype == np.uint8
+    assert np.array_equal(labels, np.argmax(p, axis=0))
+    assert (labels[0] == 1).all()

@@ -112,6 +112,7 @@ class Detector:
     def detect(self, series: ImageSeries) -> DetectionResult:
         """Run the whole detection on one series: probabilities, instances and measurements."""
         from ..findings import extract_nodules
+        from .inference import class_labels
 
         bundle = self.bundle_for(series.modality)
         timings: dict[str, float] = {}
@@ -121,7 +122,7 @@ class Detector:
         nodules, series_p = extract_nodules(
             series, probs, calibration=bundle.calibration, thresholds=thresholds
         )
-        label_map = np.argmax(probs, axis=0).astype(np.uint8)
+        label_map = class_labels(probs)
         nodule_p = np.ascontiguousarray(probs[NODULE], dtype=np.float32)
         timings["postprocess"] = time.perf_counter() - t0
         return DetectionResult(

@@ -324,6 +324,20 @@ def predict_probabilities(
     return out
 
 
+def class_labels(probs: np.ndarray) -> np.ndarray:
+    """``argmax`` over the class axis of ``(C, ...)`` probabilities as uint8 (first class wins ties).
+
+    One float32 running maximum instead of NumPy's int64 argmax temporary: a quarter of the memory.
+    """
+    best = probs[0].copy()
+    labels = np.zeros(best.shape, dtype=np.uint8)
+    for c in range(1, probs.shape[0]):
+        wins = probs[c] > best
+        labels[wins] = c
+        np.maximum(best, probs[c], out=best)
+    return labels
+
+
 def default_threads() -> int:
     """Torch CPU threads for inference: the cores this process may use, at most 8."""
     try:
