@@ -12,8 +12,9 @@ Definitions (per modality):
   them, ``froc_all`` uses every ground-truth nodule. A prediction that hits a target is a true positive for
   that lesion (its confidence is the lesion's score); a prediction that hits no ground-truth nodule is a
   false positive; second hits on one nodule and hits on non-target nodules are neither.
-* **FROC**: sensitivity at 0.125, 0.25, 0.5, 1, 2 false positives per series (an ultrasound single image
-  or frame set is one series, an MR stack is one series); ``mean_sensitivity`` averages those five.
+* **FROC**: sensitivity at 0.125, 0.25, 0.5, 1, 2 false positives per image; ``mean_sensitivity`` averages
+  those five. An ultrasound image is one stored instance (a single image, a cine clip whose frames are
+  tracked into one finding per nodule, a dual-view export); an MR image is a whole series (a stack).
 * **Dice**: per detected target nodule, between the prediction's mask and that nodule's ground-truth mask.
   The ground-truth SEG's "nodule" segment is split into instances by connected components (8-connected
   in-plane, linked across slices / frames through overlap, as the predictions are); each instance goes to
@@ -38,10 +39,13 @@ from typing import Any
 import numpy as np
 
 from .errors import BackmiceError, ConfigError, InvalidDicom
-from .findings import match_nodules, nodule_dice, nodule_full_mask
+from .findings import load_thresholds, match_nodules, nodule_dice, nodule_full_mask
 from .types import ImageSeries, Nodule
 
 FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
+# issue #4 targets per modality: sensitivity at this many false positives per image, Dice, AUC, ECE
+TARGET_FP_RATE = {"US": 0.25, "MR": 0.5}
+TARGET_SENSITIVITY, TARGET_DICE, TARGET_DEFECT_AUC, TARGET_ECE = 0.90, 0.80, 0.90, 0.08
 TARGET_MIN_DIAMETER_MM = 8.0
 SCHEMA = "backmice.evaluation/1"
 
@@ -226,6 +230,7 @@ class SeriesRecord:
     has_target: bool = False
     errors_mm: dict[str, list[float]] = field(default_factory=dict)
     detect_s: float = 0.0
+    n_images: int = 1  # FROC denominator: ultrasound instances, or 1 for an MR series
 
 
 def evaluate_series(
@@ -293,6 +298,7 @@ def evaluate_series(
         series_probability=float(series_probability),
         has_target=any(targets),
         errors_mm=errors,
+        n_images=len({src.sop_instance_uid for src in series.sources}) if series.modality == "US" else 1,
     )
 
 
@@ -312,26 +318,34 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "mean": float(np.mean(values)), "median": float(np.median(values))}
 
 
-def summarise(records: list[SeriesRecord], plots_dir: Path | None = None) -> dict[str, Any]:
-    """Per-modality metrics from series records; with ``plots_dir``, reliability PNGs are written there."""
+def summarise(
+    records: list[SeriesRecord], plots_dir: Path | None = None, operating_threshold: float | None = None
+) -> dict[str, Any]:
+    """Per-modality metrics from series records; with ``plots_dir``, reliability PNGs are written there.
+
+    ``operating_threshold``: the confidence below which the detector does not report a nodule
+    (``configs/inference.yaml``); its sensitivity and false positives per image are reported too.
+    """
     from .model.calibration import expected_calibration_error, reliability_diagram
 
     out: dict[str, Any] = {}
     for modality in sorted({r.modality for r in records}):
         recs = [r for r in records if r.modality == modality]
         n = len(recs)
+        n_images = sum(r.n_images for r in recs)
         lesions = [s for r in recs for s in r.lesion_scores]
         fps = [s for r in recs for s in r.fp_scores]
         cal = [c for r in recs for c in r.calibration_pairs]
         defect = [d for r in recs for d in r.defect_pairs]
         m: dict[str, Any] = {
             "n_series": n,
+            "n_images": n_images,
             "n_cases": len({r.case for r in recs}),
             "n_target_nodules": len(lesions),
             "n_nodules": sum(len(r.lesion_scores_all) for r in recs),
             "n_predictions": sum(r.n_predictions for r in recs),
-            "froc": froc(lesions, fps, n),
-            "froc_all": froc([s for r in recs for s in r.lesion_scores_all], fps, n),
+            "froc": froc(lesions, fps, n_images),
+            "froc_all": froc([s for r in recs for s in r.lesion_scores_all], fps, n_images),
             "dice": _stats([d for r in recs for d in r.dice]),
             "defect_auc": auc([p for p, _ in defect], [y for _, y in defect]),
             "n_defect_pairs": len(defect),
@@ -344,6 +358,13 @@ def summarise(records: list[SeriesRecord], plots_dir: Path | None = None) -> dic
             "ece": None,
             "n_calibration": len(cal),
         }
+        if operating_threshold is not None and lesions:
+            t = operating_threshold
+            m["operating_point"] = {
+                "confidence_threshold": t,
+                "sensitivity": sum(x is not None and x >= t for x in lesions) / len(lesions),
+                "fp_per_image": sum(x >= t for x in fps) / n_images,
+            }
         if cal:
             probs, labels = [c for c, _ in cal], [int(y) for _, y in cal]
             m["ece"] = expected_calibration_error(probs, labels)
@@ -434,7 +455,9 @@ def run_evaluation(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    detector = Detector.from_pretrained(model, device, flip=flip)
+    # every candidate is scored (FROC sweeps the threshold); the configured one is the operating point
+    detector = Detector.from_pretrained(model, device, flip=flip, thresholds={"confidence_threshold": 0.0})
+    operating = float(load_thresholds()["confidence_threshold"])
     records: list[SeriesRecord] = []
     problems: list[str] = []
     for gt_path in cases:
@@ -463,7 +486,7 @@ def run_evaluation(
             )
             record.detect_s = detect_s
             records.append(record)
-    metrics = summarise(records, out_dir)
+    metrics = summarise(records, out_dir, operating)
     froc_png = froc_plot({m: v["froc"]["curve"] for m, v in metrics.items()}, out_dir / "froc.png")
     report = {
         "schema": SCHEMA,
@@ -490,4 +513,101 @@ def run_evaluation(
         "problems": problems,
     }
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "evaluation.md").write_text(evaluation_markdown(report))
     return report
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(value: float | None, target: float, higher: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return "PASS" if (value >= target if higher else value <= target) else "FAIL"
+
+
+def evaluation_markdown(report: dict[str, Any]) -> str:
+    """The evaluation report as a Markdown page: targets with PASS/FAIL, then the other figures."""
+    mods = report["modalities"]
+    names = sorted(mods)
+    lines = [
+        "# Evaluation",
+        "",
+        f"Model: {report['model']}; test-time flip: {'on' if report.get('test_time_flip') else 'off'}; "
+        f"{report['n_cases']} cases, {report['n_series']} series. Targets: {report['target_definition']}.",
+        "Written by `backmice evaluate` (see `evaluation.json`, `froc.png`, `reliability_*.png`).",
+        "",
+        "| target | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+
+    def row(label: str, cells: list[str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def sens_at(m: dict[str, Any], rate: float) -> float | None:
+        fr = m["froc"]
+        return fr["sensitivity"][fr["fp_rates"].index(rate)] if rate in fr["fp_rates"] else None
+
+    cells = []
+    for n in names:
+        rate = TARGET_FP_RATE.get(n, 0.25)
+        value = sens_at(mods[n], rate)
+        cells.append(f"{_fmt(value)} at {rate:g} FP/image: {_verdict(value, TARGET_SENSITIVITY)}")
+    row(f"sensitivity ≥ {TARGET_SENSITIVITY:g}", cells)
+    dice = [mods[n]["dice"]["mean"] for n in names]
+    row(
+        f"mean Dice of detected targets ≥ {TARGET_DICE:g}",
+        [f"{_fmt(d)}: {_verdict(d, TARGET_DICE)}" for d in dice],
+    )
+    aucs = [mods[n]["defect_auc"] for n in names]
+    row(
+        f"fascia-defect AUC ≥ {TARGET_DEFECT_AUC:g}",
+        [f"{_fmt(a)}: {_verdict(a, TARGET_DEFECT_AUC)}" for a in aucs],
+    )
+    eces = [mods[n]["ece"] for n in names]
+    row(f"ECE ≤ {TARGET_ECE:g}", [f"{_fmt(e)}: {_verdict(e, TARGET_ECE, higher=False)}" for e in eces])
+    lines += ["", "| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    row("series / images / target nodules", [
+        f"{mods[n]['n_series']} / {mods[n]['n_images']} / {mods[n]['n_target_nodules']}" for n in names
+    ])  # fmt: skip
+    for rate in FP_RATES:
+        row(f"sensitivity at {rate:g} FP/image", [_fmt(sens_at(mods[n], rate)) for n in names])
+    row("mean FROC sensitivity", [_fmt(mods[n]["froc"]["mean_sensitivity"]) for n in names])
+    row(
+        "sensitivity at 2 FP/image, all nodules",
+        [_fmt(mods[n]["froc_all"]["sensitivity"][-1]) for n in names],
+    )
+    for n in names:
+        op = mods[n].get("operating_point")
+        if op:
+            row(
+                f"{n} operating point (confidence ≥ {op['confidence_threshold']:g})",
+                [
+                    f"sensitivity {_fmt(op['sensitivity'])}, {_fmt(op['fp_per_image'])} FP/image"
+                    if k == n
+                    else ""
+                    for k in names
+                ],
+            )
+    row("series AUC (any target)", [_fmt(mods[n]["series_auc"]) for n in names])
+    for key, label in (
+        ("longest_diameter", "longest diameter"),
+        ("depth", "depth"),
+        ("fascia_depth", "fascia depth"),
+    ):
+        row(
+            f"{label}: mean absolute error (mm)",
+            [_fmt(mods[n]["measurement_abs_error_mm"][key]["mean"], 2) for n in names],
+        )
+    row(
+        "detection time per series (s, mean)",
+        [_fmt(mods[n]["detect_seconds_per_series"]["mean"], 2) for n in names],
+    )
+    problems = report.get("problems") or []
+    lines += [
+        "",
+        f"{len(problems)} series skipped" + (":" if problems else "."),
+        *[f"- {p}" for p in problems],
+    ]
+    return "\n".join(lines) + "\n"

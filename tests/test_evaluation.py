@@ -26,6 +26,7 @@ from backmice_vision.types import FrameSource, ImageSeries, UltrasoundRegion
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 
 def test_froc_hand_computed():
@@ -178,9 +179,14 @@ def test_cine_lesion_counts_once_across_its_frames():
     ]  # fmt: skip
     rec = evaluate_series(series, nodules, series_p, {"kind": "us_cine", "nodules": truth})
     assert rec.lesion_scores == pytest.approx([0.8]) and rec.fp_scores == []
-    # the same entries read as separate single images: one hit, five misses
-    rec = evaluate_series(series, nodules, series_p, {"kind": "us_single", "nodules": truth})
+    assert rec.n_images == 1  # one clip
+    # the same entries read as separate single images: one hit, five misses, six images
+    sources = [FrameSource(f"1.2.826.0.1.3680043.8.498.{20 + k}", US_IMAGE) for k in range(n_frames)]
+    singles = ImageSeries(**{**series.__dict__, "sources": sources})
+    rec = evaluate_series(singles, nodules, series_p, {"kind": "us_single", "nodules": truth})
     assert rec.lesion_scores.count(None) == n_frames - 1
+    assert rec.n_images == n_frames
+    assert summarise([rec])["US"]["froc"]["n_images"] == n_frames
 
 
 def test_split_truth_instances_by_component_and_centre():
@@ -270,3 +276,22 @@ def test_ground_truth_and_case_discovery(tmp_path):
         read_ground_truth(case / "ground_truth.json")
     with pytest.raises(ConfigError, match="not found"):
         find_cases([tmp_path / "missing"])
+
+
+def test_backmice_evaluate_on_a_generated_mr_case_writes_json_markdown_and_plots(tmp_path):
+    from backmice_vision.cli import main
+    from backmice_vision.phantoms.generate import generate_cases
+
+    generate_cases("mr", 1, 5, tmp_path / "data", progress=False, workers=1)
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    mr = report["modalities"]["MR"]
+    truth = read_ground_truth(tmp_path / "data" / "case_0000" / "ground_truth.json")
+    assert report["n_series"] == mr["n_series"] == mr["n_images"] == len(truth["series"])
+    assert not report["problems"]
+    assert mr["n_nodules"] == sum(len(s["nodules"]) for s in truth["series"])
+    assert (tmp_path / "ev" / report["froc_png"]).is_file()
+    page = (tmp_path / "ev" / "evaluation.md").read_text()
+    rows = ("sensitivity ≥ 0.9", "mean Dice of detected targets ≥ 0.8", "fascia-defect AUC", "ECE ≤ 0.08")
+    assert all(f"| {row}" in page for row in rows)
+    assert page.count("PASS") + page.count("FAIL") + page.count("n/a") >= 4
