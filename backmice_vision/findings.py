@@ -53,6 +53,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "nodule_threshold": 0.5,  # nodule probability for a voxel to belong to an instance
     "defect_threshold": 0.5,  # calibrated defect probability for FasciaDefect.present
     "min_diameter_mm": 5.0,  # instances with a shorter longest diameter are dropped
+    "max_diameter_mm": 60.0,  # longer ones too: back mice are 1-3 cm, > 5 cm is referred as a lipoma
+    "max_aspect": 5.0,  # and those longer than 5x their second diameter (strips along the fascia)
     "min_volume_mm3": 30.0,  # MR instances below this volume are dropped
     "confidence_threshold": 0.0,  # nodules below this calibrated confidence are not reported
     "min_area_px": 20.0,  # uncalibrated ultrasound: minimum key-frame area in pixels
@@ -141,6 +143,15 @@ def principal_extents_mm(points_mm: np.ndarray, edges_mm: np.ndarray) -> tuple[f
         proj = centred @ u
         out.append(float(proj.max() - proj.min() + np.abs(u @ edges_mm).sum()))
     return tuple(sorted(out, reverse=True))
+
+
+def plausible_size(diameters_mm: tuple[float, ...], thresholds: dict[str, float]) -> bool:
+    """Whether principal diameters (mm, longest first) fit a back mouse: ``min_diameter_mm`` to
+    ``max_diameter_mm`` long and at most ``max_aspect`` times longer than the second diameter."""
+    longest = diameters_mm[0]
+    if not thresholds["min_diameter_mm"] <= longest <= thresholds["max_diameter_mm"]:
+        return False
+    return len(diameters_mm) < 2 or longest <= thresholds["max_aspect"] * diameters_mm[1]
 
 
 def body_mask(pixels: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
@@ -303,7 +314,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
         if lin is not None and voxel_mm3 is not None:
             diameters = principal_extents_mm(idx @ lin.T, lin)
             volume_mm3 = idx.shape[0] * voxel_mm3
-            if volume_mm3 < thr["min_volume_mm3"] or diameters[0] < thr["min_diameter_mm"]:
+            if volume_mm3 < thr["min_volume_mm3"] or not plausible_size(diameters, thr):
                 continue
             volume_ml = volume_mm3 / 1000.0
         score = float(nod_p[sl][comp].mean())
@@ -472,7 +483,7 @@ def _us_region_instances(
         else:
             dy, dx = sp
             diameters = principal_extents_mm(np.stack([rows * dy, cols * dx], 1), np.diag([dy, dx]))
-            if diameters[0] < thr["min_diameter_mm"]:
+            if not plausible_size(diameters, thr):
                 continue
             depth = region.depth_offset_mm + float(rows.min()) * dy
             needle = NeedleTarget(

@@ -15,6 +15,7 @@ from backmice_vision.findings import (
     match_nodules,
     nodule_dice,
     nodule_full_mask,
+    plausible_size,
     principal_extents_mm,
 )
 from backmice_vision.labels import BACKGROUND, DEFECT, FASCIA, FAT, MODEL_CLASSES, NODULE
@@ -343,3 +344,13 @@ def test_load_thresholds_from_yaml(tmp_path):
         load_thresholds(cfg)
     with pytest.raises(ConfigError, match="not found"):
         load_thresholds(tmp_path / "missing.yaml")
+
+
+def test_strips_and_oversized_instances_are_not_nodules():
+    series, p = _us_case(REGION)
+    _put(p, NODULE, (slice(0, 1), slice(30, 33), slice(35, 145)), 0.9)  # 27.5 x 0.6 mm strip
+    nodules, _ = extract_nodules(series, p, thresholds=THR)
+    assert [round(n.diameters_mm[0], 1) for n in nodules] == [10.0]  # only the 40 x 30 px nodule
+    assert plausible_size((20.0, 10.0), THR) and not plausible_size((20.0, 3.0), THR)
+    assert not plausible_size((65.0, 40.0), THR) and not plausible_size((4.0, 3.0), THR)
+    assert plausible_size((12.0, 8.0, 2.0), THR)  # only the second diameter sets the aspect
