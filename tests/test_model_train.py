@@ -104,3 +104,22 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
     bad["data"]["train"][0]["segment_map"] = {"Lipoma": "tumour"}
     with pytest.raises(ConfigError, match="unknown class 'tumour'"):
         train(bad, device="cpu", log=quiet)
+
+
+def test_fine_tuning_starts_from_a_bundle_and_refuses_a_mismatched_one(data: Path, tmp_path: Path) -> None:
+    first = train(config(data, tmp_path / "a"), device="cpu", log=quiet)
+    lines: list[str] = []
+    one_step = {"lr": 1e-9, "batch_size": 4, "epochs": 1, "steps_per_epoch": 1}
+    tuned = train(
+        config(data, tmp_path / "b", init_from=str(first), optim=one_step), device="cpu", log=lines.append
+    )
+    assert any(line.startswith("initial weights from") for line in lines)
+    start, end = load_bundle(first).network.state_dict(), load_bundle(tuned).network.state_dict()
+    for key, value in start.items():  # a step of lr 1e-9 from the bundle's weights stays on them
+        torch.testing.assert_close(end[key], value, rtol=1e-4, atol=1e-5)
+    wider = config(data, tmp_path / "c", init_from=str(first))
+    wider["network"]["kwargs"]["channels"] = [8, 16, 32]
+    with pytest.raises(ConfigError, match="network differs"):
+        train(wider, device="cpu", log=quiet)
+    with pytest.raises(ConfigError, match="init_from"):
+        train(config(data, tmp_path / "d", init_from=str(tmp_path / "nowhere")), device="cpu", log=quiet)

@@ -7,7 +7,8 @@ MONAI spec), ``data`` (``train`` / ``val`` source lists, see :mod:`backmice_visi
 a phantom source with ``generate: {cases, seed[, config][, anatomy]}`` is generated first when its
 folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys), ``augment``, ``optim``
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
-``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``.
+``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``init_from`` (optional bundle folder
+whose weights start the training: fine-tuning, e.g. the shipped model on your own annotated DICOM).
 
 Loop: DiceCE loss (Dice without background, over the batch) on class-balanced patches; AdamW with cosine
 decay per epoch; validation after every epoch on the full validation tiles (Dice of nodule and defect over
@@ -124,6 +125,28 @@ def _maybe_generate(sources: list[dict[str, Any]], modality: str, log: Log) -> N
         )
 
 
+def initial_weights(
+    bundle_dir: str | Path, modality: str, spec: dict[str, Any], prep: Preprocessing
+) -> dict[str, Any]:
+    """The weights of a bundle to fine-tune from (e.g. the shipped model on a user's own data).
+
+    The bundle must be verified (sha256) and match the config's modality, network and preprocessing:
+    anything else would silently train a different model, so it raises :class:`ConfigError`.
+    """
+    from .bundle import load_bundle
+
+    try:
+        bundle = load_bundle(bundle_dir, modality=modality)
+    except BackmiceError as exc:
+        raise ConfigError(f"init_from: {exc.reason}", bundle_dir) from None
+    saved = bundle.metadata.get("network") or {}
+    if (saved.get("class"), saved.get("kwargs")) != (spec.get("class"), spec.get("kwargs")):
+        raise ConfigError("init_from: the bundle's network differs from the config's", bundle_dir)
+    if bundle.preprocessing != prep:
+        raise ConfigError("init_from: the bundle's preprocessing differs from the config's", bundle_dir)
+    return {k: v.detach().cpu().clone() for k, v in bundle.network.state_dict().items()}
+
+
 def _dice_counts(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Per class ``(intersection, predicted, true)`` pixel counts, int64 ``(C, 3)``."""
     c = len(MODEL_CLASSES)
@@ -229,6 +252,9 @@ def train(
     spec = cfg.get("network") or default_spec(prep.in_channels)
     set_determinism(seed=int(cfg["seed"]))  # reproducible initial weights
     net = build_network(spec).to(dev)
+    if cfg.get("init_from") and not resume:
+        net.load_state_dict(initial_weights(cfg["init_from"], cfg["modality"], spec, prep))
+        log(f"initial weights from {cfg['init_from']} (fine-tuning)")
     aug = cfg["augment"]
     transforms = train_transforms(prep.modality, aug)
     per_image = int(aug.get("samples_per_image", 2))
