@@ -16,8 +16,8 @@ Definitions (per modality):
   those five. An ultrasound image is one stored instance (a single image, a cine clip whose frames are
   tracked into one finding per nodule, a dual-view export); an MR image is a whole series (a stack).
 * **Dice**: per detected target nodule, between the prediction's mask and that nodule's ground-truth mask.
-  The ground-truth SEG's "nodule" segment is split into instances by connected components (8-connected
-  in-plane, linked across slices / frames through overlap, as the predictions are); each instance goes to
+  The ground-truth SEG's "nodule" segment is split into instances by connected components
+  (:func:`backmice_vision.findings.label_tracks`, as the predictions are); each instance goes to
   the ground-truth nodule whose ``center_voxel`` it contains, else to the nodule with the nearest
   centroid (in voxels). Touching nodules share one instance.
 * **Defect AUC**: over hit ground-truth nodules, predicted ``fascia_defect.probability`` against the
@@ -186,13 +186,15 @@ def read_truth_mask(seg_path: Path, series: ImageSeries, segment: str = "nodule"
     return out
 
 
-def split_truth_instances(mask: np.ndarray, truth: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+def split_truth_instances(
+    mask: np.ndarray, truth: list[dict[str, Any]], series: ImageSeries
+) -> dict[int, np.ndarray]:
     """Split a ground-truth nodule mask into one bool mask per truth index (see the module docstring)."""
     from scipy import ndimage
 
-    from .findings import _tracking_structure
+    from .findings import label_tracks
 
-    labels, n = ndimage.label(mask, structure=_tracking_structure())
+    labels, n = label_tracks(mask, series)
     if n == 0:
         return {}
     centroids = np.array(ndimage.center_of_mass(mask, labels, range(1, n + 1)), dtype=np.float64).reshape(
@@ -264,7 +266,7 @@ def evaluate_series(
         elif not m.duplicate and group_of[m.truth] not in best:
             best[group_of[m.truth]] = conf
             hit_pred[group_of[m.truth]] = (p, m.truth)
-    instances = split_truth_instances(truth_mask, truth) if truth_mask is not None else {}
+    instances = split_truth_instances(truth_mask, truth, series) if truth_mask is not None else {}
     dice: list[float] = []
     defect: list[tuple[float, bool]] = []
     errors: dict[str, list[float]] = {"longest_diameter": [], "depth": [], "fascia_depth": []}

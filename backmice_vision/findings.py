@@ -115,6 +115,30 @@ def _tracking_structure() -> np.ndarray:
     return s
 
 
+def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int]:
+    """Connected components of a bool ``(n, rows, cols)`` mask, numbered 1..N (int32, 0 = none).
+
+    8-connected in-plane; linked across MR slices, and across the frames of one multi-frame ultrasound
+    instance (a cine clip), through overlap at the same (i, j). Separate ultrasound images of a series
+    (other SOP instances) are never linked: each is its own view.
+    """
+    from scipy import ndimage
+
+    if series.modality != "US":
+        labels, n = ndimage.label(mask, structure=_tracking_structure())
+        return labels.astype(np.int32, copy=False), int(n)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    total, start = 0, 0
+    uids = [src.sop_instance_uid for src in series.sources]
+    for stop in range(1, len(uids) + 1):
+        if stop < len(uids) and uids[stop] == uids[start]:
+            continue
+        clip, n = ndimage.label(mask[start:stop], structure=_tracking_structure())
+        labels[start:stop] = np.where(clip > 0, clip + total, 0)
+        total, start = total + int(n), stop
+    return labels, total
+
+
 def _linear(series: ImageSeries) -> np.ndarray | None:
     """3x3 matrix whose columns are the mm displacement of one step in k, i, j (None: uncalibrated)."""
     if series.affine is not None:
@@ -454,7 +478,7 @@ def _us_region_instances(
 
     r0, c0, r1, c1 = region.box
     nod_p = probs[NODULE, :, r0:r1, c0:c1]
-    labels, n = ndimage.label(nod_p > thr["nodule_threshold"], structure=_tracking_structure())
+    labels, n = label_tracks(nod_p > thr["nodule_threshold"], series)
     if n == 0:
         return []
     sp = region.spacing_mm

@@ -191,7 +191,7 @@ def test_cine_lesion_counts_once_across_its_frames():
 
 def test_split_truth_instances_by_component_and_centre():
     series = _series()
-    parts = split_truth_instances(_truth_mask(), _truth(series)["nodules"])
+    parts = split_truth_instances(_truth_mask(), _truth(series)["nodules"], series)
     assert parts[0].sum() == 300 and parts[1].sum() == 72
     # nodule 3's centre lies in no component: it gets the nearest component (nodule 1's)
     assert (parts[2] == parts[0]).all()

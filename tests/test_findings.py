@@ -11,6 +11,7 @@ from backmice_vision.errors import ConfigError, ModelError
 from backmice_vision.findings import (
     DEFAULT_THRESHOLDS,
     extract_nodules,
+    label_tracks,
     load_thresholds,
     match_nodules,
     nodule_dice,
@@ -22,6 +23,7 @@ from backmice_vision.labels import BACKGROUND, DEFECT, FASCIA, FAT, MODEL_CLASSE
 from backmice_vision.types import FrameSource, ImageSeries, UltrasoundRegion
 
 THR = dict(DEFAULT_THRESHOLDS)
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 
 
 def _series(modality, pixels, spacing=None, affine=None, regions=(), header=None) -> ImageSeries:
@@ -244,6 +246,7 @@ def test_us_cine_blob_moving_two_pixels_per_frame_is_one_tracked_nodule():
         p[:, k][:, disc] = 0.0
         p[NODULE, k][disc] = 0.9
     series = _series("US", np.zeros((n_frames, *FRAME)), regions=[REGION])
+    series.sources = [FrameSource("1.2.3.9", US_MULTIFRAME, k + 1) for k in range(n_frames)]  # one clip
     nodules, _ = extract_nodules(series, p, thresholds=THR)
     assert len(nodules) == 1
     n = nodules[0]
@@ -354,3 +357,21 @@ def test_strips_and_oversized_instances_are_not_nodules():
     assert plausible_size((20.0, 10.0), THR) and not plausible_size((20.0, 3.0), THR)
     assert not plausible_size((65.0, 40.0), THR) and not plausible_size((4.0, 3.0), THR)
     assert plausible_size((12.0, 8.0, 2.0), THR)  # only the second diameter sets the aspect
+
+
+def test_label_tracks_links_cine_frames_but_not_separate_images():
+    mask = np.zeros((4, 20, 20), dtype=bool)
+    mask[:, 5:12, 5:12] = True  # the same blob on every frame
+    cine = _series("US", np.zeros(mask.shape), regions=[REGION])
+    cine.sources = [FrameSource("1.2.3.7", US_MULTIFRAME, k + 1) for k in range(4)]
+    labels, n = label_tracks(mask, cine)
+    assert n == 1 and set(np.unique(labels)) == {0, 1}
+    # two clips of two frames, then the four frames as four single images
+    cine.sources = [
+        FrameSource(f"1.2.3.{7 + k // 2}", "1.2.840.10008.5.1.4.1.1.3.1", k % 2 + 1) for k in range(4)
+    ]
+    assert label_tracks(mask, cine)[1] == 2
+    singles = _series("US", np.zeros(mask.shape), regions=[REGION])  # one SOP instance per frame
+    labels, n = label_tracks(mask, singles)
+    assert n == 4 and [int(np.unique(labels[k])[-1]) for k in range(4)] == [1, 2, 3, 4]
+    assert label_tracks(mask, _series("MR", np.zeros(mask.shape)))[1] == 1  # MR slices link
