@@ -3,8 +3,9 @@
 Each overlay shows the source frame (colour ultrasound as stored, greyscale windowed from the frame's 1st
 to 99th percentile), every nodule present on that frame as an orange contour (Okabe–Ito #E69F00) with a
 numbered label ``"#1 18.4 mm (conf 87%)"`` (longest diameter or ``"size n/a (uncalibrated)"``, calibrated
-confidence), the fascia defect as a sky-blue arrowhead (#56B4E9) pointing up at
-``FasciaDefect.location_voxel``, a scale bar of a round length up to a quarter of the width (from the
+confidence), the fascia defect as a sky-blue arrowhead (#56B4E9) beyond ``FasciaDefect.location_voxel``
+on the side away from the nodule, pointing at the gap, a magnified inset (top right) when the nodule is
+small on the frame, a scale bar of a round length up to a quarter of the width (from the
 column spacing; none when uncalibrated), a one-line key, and for MR the patient-orientation letters
 (LPS, from the affine) at the four edges. Nothing from the DICOM header is drawn, so no patient
 identifier can be burned in.
@@ -26,7 +27,7 @@ import numpy as np
 from .errors import BackmiceError
 
 if TYPE_CHECKING:
-    from PIL import ImageDraw, ImageFont
+    from PIL import Image, ImageDraw, ImageFont
 
     from .types import DetectionResult, Nodule
 
@@ -124,6 +125,58 @@ def _text(
     draw.text((x + 2 - left, y + 2 - top), text, font=font, fill=colour)
 
 
+def _arrowhead(
+    draw: ImageDraw.ImageDraw,
+    nodule: Nodule,
+    k: int,
+    location: tuple[float, float, float],
+    scale: int,
+    size: float,
+    thick: int,
+) -> None:
+    """An outlined arrowhead just beyond the fascia gap, on the side away from the nodule, pointing at it."""
+    assert nodule.mask is not None
+    k0, i0, j0 = nodule.bbox[:3]
+    rows, cols = np.nonzero(nodule.mask[k - k0])
+    centre = np.array([rows.mean() + i0, cols.mean() + j0]) if rows.size else np.array(location[1:])
+    gap = np.array(location[1:], dtype=np.float64)
+    away = gap - centre
+    norm = float(np.hypot(*away))
+    away = away / norm if norm > 1e-6 else np.array([1.0, 0.0])  # no direction: below the gap
+    side = np.array([-away[1], away[0]])
+    tip = (gap + 0.5) * scale + 0.4 * size * away
+    base = tip + 1.8 * size * away
+    corners = [tip, base + size * side, base - size * side]
+    draw.polygon([(float(c[1]), float(c[0])) for c in corners], outline=SKY_BLUE, width=max(1, thick))
+
+
+def _inset(image: Image.Image, draw: ImageDraw.ImageDraw, nodule: Nodule, scale: int, thick: int) -> None:
+    """A magnified view of a nodule that is small on the frame, in the top-right corner, with its area
+    outlined on the frame."""
+    from PIL import Image as PILImage
+
+    width, height = image.size
+    _, i0, j0, _, i1, j1 = nodule.bbox
+    extent = max(i1 - i0, j1 - j0) * scale
+    if extent >= 0.12 * min(width, height):
+        return
+    side = max(3 * extent, 48)
+    cy, cx = (i0 + i1) / 2 * scale, (j0 + j1) / 2 * scale
+    box = (
+        int(max(0, min(cx - side / 2, width - side))),
+        int(max(0, min(cy - side / 2, height - side))),
+    )
+    crop = (box[0], box[1], box[0] + int(side), box[1] + int(side))
+    zoom = max(2, int(0.3 * min(width, height) / side))
+    inset = image.crop(crop).resize((int(side) * zoom, int(side) * zoom), PILImage.Resampling.NEAREST)
+    x, y = width - inset.width - 8, 8
+    draw.rectangle(crop, outline=WHITE, width=max(1, thick // 2))
+    image.paste(inset, (x, y))
+    draw.rectangle((x - 1, y - 1, x + inset.width, y + inset.height), outline=WHITE, width=max(1, thick // 2))
+    size = max(10, min(width, height) // 40)
+    _text(draw, (x + 2, y + inset.height - size - 6), f"x{zoom}", size, WHITE, (width, height))
+
+
 def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
     from PIL import Image, ImageDraw
     from scipy.ndimage import binary_erosion
@@ -152,17 +205,13 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
     font_size = max(10, min(height, width) // 28)
     calibrated = result.series.calibrated
     for nodule in here:
-        _, i0, _, _, _, j1 = nodule.bbox
         defect = nodule.fascia_defect
         if defect.present and defect.location_voxel is not None and round(defect.location_voxel[0]) == k:
-            y, x = (defect.location_voxel[1] + 0.5) * scale, (defect.location_voxel[2] + 0.5) * scale
-            r = max(4.0, font_size * 0.6)
-            tip = y + 0.4 * r  # an arrowhead below the gap, pointing up at it: the stalk stays visible
-            draw.polygon(
-                [(x, tip), (x - r, tip + 1.8 * r), (x + r, tip + 1.8 * r)],
-                outline=SKY_BLUE,
-                width=max(1, thick),
-            )
+            _arrowhead(draw, nodule, k, defect.location_voxel, scale, max(4.0, font_size * 0.6), thick)
+    if here and min(height, width) >= 256:
+        _inset(image, draw, here[0], scale, thick)
+    for nodule in here:
+        _, i0, _, _, _, j1 = nodule.bbox
         _text(
             draw,
             (j1 * scale + 2, i0 * scale - font_size - 4),
@@ -174,8 +223,9 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
     bounds = (width, height)
     small = max(10, font_size * 2 // 3)
     roomy = min(height, width) >= 256  # the key and orientation letters would hide a small image
-    if here and roomy and draw.textlength(KEY, font=_font(small)) < 0.9 * width:
-        _text(draw, (4, 4), KEY, small, WHITE, bounds)
+    key_width = draw.textlength(KEY, font=_font(small))
+    if here and roomy and key_width < 0.6 * width:  # bottom right: clear of scanner text and the scale bar
+        _text(draw, (width - key_width - 8, height - small - 8), KEY, small, WHITE, bounds)
     spacing = _col_spacing_mm(result, here[0] if here else None)
     if spacing:
         length_mm = next((mm for mm in SCALE_BAR_MM if mm / spacing * scale <= 0.25 * width), None)
