@@ -22,7 +22,12 @@ DEFAULT_AUG: dict[str, Any] = {
     "class_ratios": [1.0, 1.0, 1.0, 3.0, 2.0],  # background, fat, fascia, nodule, defect
     "rotate_deg": 10.0,
     "zoom": [0.85, 1.15],
-    "prob": 0.3,
+    "prob": 0.3,  # probability of each geometric and intensity transform
+    "scale": 0.2,  # gain: intensity x (1 +- scale)
+    "shift": 0.1,  # offset +- shift
+    "gamma": [0.7, 1.5],  # dynamic range
+    "blur_sigma": [0.3, 1.2],  # speckle size / resolution, model pixels
+    "noise_std": 0.04,  # additive Gaussian noise
 }
 
 
@@ -37,6 +42,7 @@ def train_transforms(modality: str, aug: dict[str, Any] | None = None) -> Any:
     patch = tuple(int(x) for x in a["patch"])
     p = float(a["prob"])
     rot = math.radians(float(a["rotate_deg"]))
+    blur = (float(a["blur_sigma"][0]), float(a["blur_sigma"][1]))
     ops: list[Any] = [
         T.CastToTyped(keys="image", dtype=np.float32),
         T.SpatialPadd(keys=["image", "label"], spatial_size=patch, mode="constant"),
@@ -62,11 +68,11 @@ def train_transforms(modality: str, aug: dict[str, Any] | None = None) -> Any:
             padding_mode="constant",
             keep_size=True,
         ),
-        T.RandScaleIntensityd(keys="image", factors=0.2, prob=p),
-        T.RandShiftIntensityd(keys="image", offsets=0.1, prob=p),
-        T.RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=p),
-        T.RandGaussianSmoothd(keys="image", sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2), prob=p),
-        T.RandGaussianNoised(keys="image", std=0.04, prob=p),
+        T.RandScaleIntensityd(keys="image", factors=float(a["scale"]), prob=p),
+        T.RandShiftIntensityd(keys="image", offsets=float(a["shift"]), prob=p),
+        T.RandAdjustContrastd(keys="image", gamma=tuple(float(g) for g in a["gamma"]), prob=p),
+        T.RandGaussianSmoothd(keys="image", sigma_x=blur, sigma_y=blur, prob=p),
+        T.RandGaussianNoised(keys="image", std=float(a["noise_std"]), prob=p),
     ]
     if modality == "MR":
         ops.append(T.RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=p))
