@@ -61,6 +61,18 @@ def finding_frames(result: DetectionResult) -> list[int]:
     return sorted(frames)
 
 
+def overlay_frames(result: DetectionResult) -> list[int]:
+    """Frames that get an overlay PNG and a Secondary Capture: every MR slice and every separate ultrasound
+    image with a finding, but of a cine clip (one multi-frame instance) only each nodule's key frame, since
+    its other frames are near-duplicates."""
+    frames = finding_frames(result)
+    if result.series.modality != "US":
+        return frames
+    uids = [src.sop_instance_uid for src in result.series.sources]
+    keys = set(key_frames(result))
+    return [k for k in frames if uids.count(uids[k]) == 1 or k in keys]
+
+
 def key_frames(result: DetectionResult) -> list[int]:
     """One frame per nodule (its centre slice/frame), in nodule order without repeats."""
     n = result.series.shape[0]
@@ -268,11 +280,11 @@ def _write_png(array: np.ndarray, path: Path) -> Path:
 
 
 def save_overlays(result: DetectionResult, out_dir: str | Path) -> list[Path]:
-    """One PNG per frame with a finding, ``overlay_k<k>.png`` (upscaled, see :func:`png_scale`)."""
+    """One PNG per :func:`overlay_frames` frame, ``overlay_k<k>.png`` (upscaled, see :func:`png_scale`)."""
     out = Path(out_dir)
     scale = png_scale(result.series.shape[1:])
     return [
-        _write_png(_draw(result, k, scale), out / f"overlay_k{k:04d}.png") for k in finding_frames(result)
+        _write_png(_draw(result, k, scale), out / f"overlay_k{k:04d}.png") for k in overlay_frames(result)
     ]
 
 

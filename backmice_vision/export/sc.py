@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..render import finding_frames, orientation_letters, render_overlay
+from ..render import orientation_letters, overlay_frames, render_overlay
 from .dicom_common import (
     MANUFACTURER,
     SERIES_DESCRIPTIONS,
@@ -94,7 +94,7 @@ def build_sc(
 
 
 def write_sc(result: DetectionResult, out_dir: Path, *, series_instance_uid: str | None = None) -> list[Path]:
-    """One SC file ``sc_k<k>.dcm`` per frame with a finding.
+    """One SC file ``sc_k<k>.dcm`` per :func:`~backmice_vision.render.overlay_frames` frame.
 
     Without findings one SC of the middle frame is written, so a viewer that shows neither SEG nor SR
     still shows that the series was analysed (the SR and report say "no finding").
@@ -103,7 +103,7 @@ def write_sc(result: DetectionResult, out_dir: Path, *, series_instance_uid: str
 
     series_uid = series_instance_uid or str(generate_uid())
     paths = []
-    frames = finding_frames(result) or [result.series.shape[0] // 2]
+    frames = overlay_frames(result) or [result.series.shape[0] // 2]
     for number, k in enumerate(frames, start=1):
         sc = build_sc(result, k, series_instance_uid=series_uid, instance_number=number)
         paths.append(save_atomic(sc, out_dir / f"sc_k{k:04d}.dcm"))
