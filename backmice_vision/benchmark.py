@@ -400,11 +400,13 @@ def compare_findings(
     ref_probs: np.ndarray,
     tol_vox: float = 3.0,
     confident: float = CONFIDENT,
+    in_plane: bool = False,
 ) -> dict[str, Any]:
     """Agreement of two detections of one series.
 
     Findings match one-to-one when their centres lie within ``tol_vox`` voxels (index units
-    ``(k, i, j)``). ``same_findings``: the findings with confidence >= ``confident`` match one-to-one
+    ``(k, i, j)``; ``(i, j)`` with ``in_plane``, for a cine whose key frame is any of several near-equal
+    frames). ``same_findings``: the findings with confidence >= ``confident`` match one-to-one
     (low-confidence fragments near the instance threshold come and go with any interpolation change, so
     they are counted but not required to agree). Also the nodule-mask Dice of the two maps (1 when both are
     empty), their pixel counts, and the mean absolute difference of the nodule probability.
@@ -412,7 +414,8 @@ def compare_findings(
     from .labels import NODULE
 
     def centres(nodules: list[Any], lo: float) -> list[np.ndarray]:
-        return [np.asarray(n.center_voxel, dtype=np.float64) for n in nodules if n.confidence >= lo]
+        first = 1 if in_plane else 0
+        return [np.asarray(n.center_voxel[first:], dtype=np.float64) for n in nodules if n.confidence >= lo]
 
     all_d = _match(centres(ours, 0.0), centres(ref_nodules, 0.0), tol_vox)
     a, b = centres(ours, confident), centres(ref_nodules, confident)
@@ -479,7 +482,13 @@ def measure_series(
             series, ref_probs, calibration=bundle.calibration, thresholds=detector.thresholds
         )
         ref_times.append(time.perf_counter() - t0)
-    agreement = compare_findings(result.nodules, ref_nodules, detector.probabilities(series), ref_probs)
+    agreement = compare_findings(
+        result.nodules,
+        ref_nodules,
+        detector.probabilities(series),
+        ref_probs,
+        in_plane=series.modality == "US" and series.shape[0] > 1,
+    )
     no_write = stages["total"] - stages["write"]
     return {
         "shape": list(series.shape),

@@ -61,6 +61,9 @@ def test_compare_findings_matches_centres_and_masks() -> None:
     # an extra low-confidence fragment is counted but does not make the findings differ
     extra = benchmark.compare_findings([_Nod((0, 2, 2))], [_Nod((0, 2, 2)), _Nod((1, 7, 7), 0.1)], probs, ref)
     assert extra["same_findings"] and (extra["ours"], extra["reference"], extra["matched"]) == (1, 2, 1)
+    assert benchmark.compare_findings([_Nod((0, 2, 2))], [_Nod((9, 2, 3))], probs, ref, in_plane=True)[
+        "same_findings"
+    ]
     empty = benchmark.compare_findings([], [], ref, ref)
     assert empty["same_findings"] and empty["nodule_dice"] == 1.0 and empty["nodule_prob_mean_abs_diff"] == 0
 
