@@ -275,7 +275,8 @@ def _write_png(array: np.ndarray, path: Path) -> Path:
     from .export.dicom_common import write_text_atomic
 
     buf = io.BytesIO()
-    Image.fromarray(array, "RGB").save(buf, format="PNG")
+    # zlib level 1: 2.5x faster than Pillow's default 6 for 17 % more bytes (measured on an MR overlay)
+    Image.fromarray(array, "RGB").save(buf, format="PNG", compress_level=1)
     return write_text_atomic(buf.getvalue(), path)
 
 
