@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 DEMO_CASES: tuple[tuple[Literal["us", "mr"], int], ...] = (("us", 11), ("mr", 12))
+DEMO_ANATOMY = {"force_nodules": 1}  # each example subject has one back mouse to show
 
 
 def run_demo(out_dir: Path) -> int:
@@ -27,7 +28,7 @@ def run_demo(out_dir: Path) -> int:
     for modality, seed in DEMO_CASES:
         target = data_dir / modality
         if not (target / "case_0000" / "ground_truth.json").exists():
-            generate_cases(modality, 1, seed, target, progress=False)
+            generate_cases(modality, 1, seed, target, config={"anatomy": DEMO_ANATOMY}, progress=False)
 
     detector = Detector.from_pretrained()
     failures = 0

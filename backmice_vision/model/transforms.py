@@ -43,6 +43,7 @@ def train_transforms(modality: str, aug: dict[str, Any] | None = None) -> Any:
     p = float(a["prob"])
     rot = math.radians(float(a["rotate_deg"]))
     blur = (float(a["blur_sigma"][0]), float(a["blur_sigma"][1]))
+    gamma = (float(a["gamma"][0]), float(a["gamma"][1]))
     ops: list[Any] = [
         T.CastToTyped(keys="image", dtype=np.float32),
         T.SpatialPadd(keys=["image", "label"], spatial_size=patch, mode="constant"),
@@ -70,7 +71,7 @@ def train_transforms(modality: str, aug: dict[str, Any] | None = None) -> Any:
         ),
         T.RandScaleIntensityd(keys="image", factors=float(a["scale"]), prob=p),
         T.RandShiftIntensityd(keys="image", offsets=float(a["shift"]), prob=p),
-        T.RandAdjustContrastd(keys="image", gamma=tuple(float(g) for g in a["gamma"]), prob=p),
+        T.RandAdjustContrastd(keys="image", gamma=gamma, prob=p),
         T.RandGaussianSmoothd(keys="image", sigma_x=blur, sigma_y=blur, prob=p),
         T.RandGaussianNoised(keys="image", std=float(a["noise_std"]), prob=p),
     ]
