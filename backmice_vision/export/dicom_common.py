@@ -21,8 +21,13 @@ if TYPE_CHECKING:
     from ..types import DetectionResult, ImageSeries
 
 MANUFACTURER = "backmice_vision"
-SERIES_NUMBERS = {"seg": 9101, "sr": 9102, "sc": 9103}
-SERIES_DESCRIPTIONS = {"seg": "backmice SEG", "sr": "backmice SR", "sc": "backmice overlay"}
+SERIES_NUMBERS = {"seg": 9101, "sr": 9102, "sc": 9103, "segprob": 9104}
+SERIES_DESCRIPTIONS = {
+    "seg": "backmice SEG",
+    "sr": "backmice SR",
+    "sc": "backmice overlay",
+    "segprob": "backmice nodule probability",
+}
 # Type 2 attributes highdicom copies from the source; absent ones are written empty.
 _TYPE2 = (
     "PatientName",

@@ -51,8 +51,6 @@ NODULE_LAB = (73.0, 20.0, 75.0)
 DEFECT_LAB = (70.0, -10.0, -35.0)
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 MAX_FRACTIONAL = 255
-PROBABILITY_SERIES_NUMBER = 9104
-PROBABILITY_SERIES_DESCRIPTION = "backmice nodule probability"
 
 
 def nodule_tracking_uid(result: DetectionResult, nodule: Nodule) -> str:
@@ -182,10 +180,10 @@ def build_probability_seg(
         "max_fractional_value": MAX_FRACTIONAL,
         "segment_descriptions": [description],
         "series_instance_uid": series_instance_uid or hd.UID(),
-        "series_number": PROBABILITY_SERIES_NUMBER,
+        "series_number": SERIES_NUMBERS["segprob"],
         "sop_instance_uid": sop_instance_uid or hd.UID(),
         "content_description": "Back mouse probability",
-        "series_description": PROBABILITY_SERIES_DESCRIPTION,
+        "series_description": SERIES_DESCRIPTIONS["segprob"],
     }
     return _build(result, probability_planes(result), kwargs)
 
