@@ -311,7 +311,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
     from scipy.spatial import cKDTree
 
     nod_p = probs[NODULE]
-    labels, n = ndimage.label(nod_p > thr["nodule_threshold"], structure=_tracking_structure())
+    labels, n = label_tracks(nod_p > thr["nodule_threshold"], series)
     if n == 0:
         return []
     lin = _linear(series)
