@@ -220,7 +220,8 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
         defect = nodule.fascia_defect
         if defect.present and defect.location_voxel is not None and round(defect.location_voxel[0]) == k:
             _arrowhead(draw, nodule, k, defect.location_voxel, scale, max(4.0, font_size * 0.6), thick)
-    if here and min(height, width) >= 256:
+    roomy = min(height, width) >= 256  # an inset, the key and orientation letters would hide a small image
+    if here and roomy:
         _inset(image, draw, here[0], scale, thick)
     for nodule in here:
         _, i0, _, _, _, j1 = nodule.bbox
@@ -234,7 +235,6 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
         )
     bounds = (width, height)
     small = max(10, font_size * 2 // 3)
-    roomy = min(height, width) >= 256  # the key and orientation letters would hide a small image
     key_width = draw.textlength(KEY, font=_font(small))
     if here and roomy and key_width < 0.6 * width:  # bottom right: clear of scanner text and the scale bar
         _text(draw, (width - key_width - 8, height - small - 8), KEY, small, WHITE, bounds)
