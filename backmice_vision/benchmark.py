@@ -194,7 +194,9 @@ def make_inputs(data_dir: Path, worker_series: int, *, log: Any = None) -> dict[
     _write_mr(data_dir / "series", 1)
     _write_us(data_dir / "series")
     _write_mr(data_dir / "batch", worker_series)
-    marker.write_text(json.dumps(want) + "\n")
+    from .export.dicom_common import write_text_atomic
+
+    write_text_atomic(json.dumps(want) + "\n", marker)  # last: marks the inputs complete
     if log:
         log(f"inputs simulated and written in {time.perf_counter() - t0:.1f} s under {data_dir}")
     return paths
@@ -810,8 +812,9 @@ def run_bench(ns: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print_report(results)
     if ns.json:
-        ns.json.parent.mkdir(parents=True, exist_ok=True)
-        ns.json.write_text(json.dumps(results, indent=2) + "\n")
+        from .export.dicom_common import write_text_atomic
+
+        write_text_atomic(json.dumps(results, indent=2) + "\n", ns.json)
     return 0
 
 
