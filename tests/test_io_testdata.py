@@ -65,13 +65,17 @@ def test_loads_with_header_geometry(path: str) -> None:
         for reg, item in zip(s.regions, tissue, strict=False):
             assert reg.spacing_mm == pytest.approx((item.PhysicalDeltaY * 10, item.PhysicalDeltaX * 10))
             assert reg.box[:2] == (item.RegionLocationMinY0, item.RegionLocationMinX0)
-        if colour:
+        if colour and ds.PhotometricInterpretation in ("YBR_FULL", "YBR_FULL_422"):
+            # the luma is the stored Y channel (RGB rounding and clipping do not touch it)
+            y = pydicom.pixels.pixel_array(ds, as_rgb=False)[..., 0]
+            np.testing.assert_array_equal(s.pixels, y.reshape(s.pixels.shape).astype(np.float32))
+        elif colour:
             luma = s.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
             np.testing.assert_allclose(s.pixels, luma, atol=1e-3)
-            # pixels agree with pydicom's own RGB decode (YBR converted, palette applied)
-            if ds.PhotometricInterpretation != "PALETTE COLOR":
-                ref = ds.pixel_array.reshape(s.rgb.shape)
-                assert np.abs(ref.astype(int) - s.rgb).max() <= 1
+        if colour and ds.PhotometricInterpretation != "PALETTE COLOR":
+            # rgb agrees with pydicom's own RGB decode (YBR converted)
+            ref = ds.pixel_array.reshape(s.rgb.shape)
+            assert np.abs(ref.astype(int) - s.rgb).max() <= 1
 
 
 def test_palette_example_region(pydicom_testfile) -> None:

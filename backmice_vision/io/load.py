@@ -17,7 +17,7 @@ from ..types import FrameSource, ImageSeries, SeriesRef
 from .mr import plan_mr
 from .plan import Plan
 from .reader import ANALYSED_MODALITIES, Instance, group_instances, guarded, read_header, scan_folder
-from .us import is_colour, luma, plan_us, to_rgb8
+from .us import YBR_FULL, is_colour, luma, plan_us, to_rgb8, ybr_full_to_rgb8
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # Decoder plugins tried in order ("" = every installed plugin in pydicom's order): pylibjpeg is the
@@ -108,11 +108,16 @@ def _check_size(plan: Plan, max_bytes: int) -> None:
         )
 
 
+def _keeps_ybr(inst: Instance) -> bool:
+    return inst.photometric in YBR_FULL and inst.bits_stored <= 8
+
+
 def _decode(inst: Instance) -> tuple[np.ndarray, Any]:
     """Read the whole file and decode its pixel data; returns the frames and the dataset without PixelData.
 
-    Compressed data is tried with pylibjpeg first (fastest), then every installed plugin. YBR is
-    converted to RGB. The array has a leading frame axis.
+    Compressed data is tried with pylibjpeg first (fastest), then every installed plugin. 8-bit
+    YBR_FULL(_422) stays YBR (see :func:`.us.ybr_full_to_rgb8`), other YBR is converted to RGB. The array
+    has a leading frame axis.
     """
     with guarded(inst.path, "cannot read DICOM file"):
         ds = dcmread(inst.path, force=True)
@@ -128,7 +133,7 @@ def _decode(inst: Instance) -> tuple[np.ndarray, Any]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                arr = pixel_array(ds, decoding_plugin=plugin)
+                arr = pixel_array(ds, decoding_plugin=plugin, as_rgb=not _keeps_ybr(inst))
             break
         except BaseException as exc:  # any decoder failure on untrusted bytes; the next plugin may succeed
             if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -245,6 +250,11 @@ def load_series(src: Source, *, max_bytes: int = DEFAULT_MAX_BYTES, region: int 
         arr, ds = _decode(inst)
         datasets.append(ds)
         targets = positions[id(inst)]
+        if rgb is not None and _keeps_ybr(inst):
+            for k, f in targets:
+                pixels[k] = arr[f, ..., 0]  # Y is the BT.601 luma
+                ybr_full_to_rgb8(arr[f], rgb[k])
+            continue
         if rgb is not None:
             colour = to_rgb8(arr, inst) if is_colour(inst) else np.repeat(arr[..., None], 3, axis=-1)
             for k, f in targets:

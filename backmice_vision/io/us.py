@@ -14,8 +14,10 @@ Without any such region the series gets one full-frame region with ``spacing_mm 
 ``"no ultrasound calibration: millimetres unknown"``. An US :class:`ImageSeries` has ``spacing_mm None``:
 millimetres live in its regions.
 
-Colour: RGB, YBR_FULL and YBR_FULL_422 (converted to RGB by pydicom) and PALETTE COLOR (through the
-palette) keep ``rgb`` uint8 and give ``pixels`` as ITU-R BT.601 luma ``0.299 R + 0.587 G + 0.114 B``.
+Colour: RGB, YBR_FULL and YBR_FULL_422 and PALETTE COLOR (through the palette) keep ``rgb`` uint8 and
+give ``pixels`` as ITU-R BT.601 luma ``0.299 R + 0.587 G + 0.114 B``. 8-bit YBR_FULL(_422) is decoded
+without pydicom's colour conversion: its Y channel is that luma, and :func:`ybr_full_to_rgb8` converts
+with integer tables (both about 3x faster than converting in floating point first).
 MONOCHROME1 is inverted so that bright means echogenic, as for MONOCHROME2.
 """
 
@@ -131,6 +133,29 @@ def to_rgb8(arr: np.ndarray, inst: Instance) -> np.ndarray:
     if bits > 8:
         arr = np.right_shift(arr.astype(np.uint32, copy=False), bits - 8)
     return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+YBR_FULL = frozenset({"YBR_FULL", "YBR_FULL_422"})
+_CHROMA = np.arange(256, dtype=np.float64) - 128.0
+# PS3.3 C.7.6.3.1.2 (JPEG/JFIF full range), 16-bit fixed point with rounding built in
+_R_CR = np.round(1.402 * _CHROMA).astype(np.int16)
+_B_CB = np.round(1.772 * _CHROMA).astype(np.int16)
+_G_CB = np.round(-0.344136 * _CHROMA * 65536).astype(np.int32)
+_G_CR = np.round(-0.714136 * _CHROMA * 65536 + 32768).astype(np.int32)
+
+
+def ybr_full_to_rgb8(ybr: np.ndarray, out: np.ndarray) -> None:
+    """Convert 8-bit YBR_FULL ``(..., 3)`` to RGB into uint8 ``out`` of the same shape (within 1 of
+    pydicom's floating-point ``convert_color_space``)."""
+    y = ybr[..., 0].astype(np.int16)
+    cb, cr = ybr[..., 1], ybr[..., 2]
+    np.clip(y + _R_CR[cr], 0, 255, out=out[..., 0], casting="unsafe")
+    np.clip(y + _B_CB[cb], 0, 255, out=out[..., 2], casting="unsafe")
+    g = _G_CB[cb]
+    g += _G_CR[cr]
+    g >>= 16
+    g += y
+    np.clip(g, 0, 255, out=out[..., 1], casting="unsafe")
 
 
 def luma(rgb: np.ndarray, out: np.ndarray) -> None:
