@@ -77,6 +77,19 @@ def test_stir_suppresses_fat_and_shows_oedematous_nodule(subject: Subject) -> No
     assert float(t1.volume[core].mean()) < 0.9 * _local_fat_mean(t1, core)  # lower T1 signal
 
 
+def test_stir_hides_fat_signal_nodule_from_labels_and_visibility(subject: Subject) -> None:
+    s = make_subject(subject.seed, AnatomyConfig(force_nodules=1, oedematous_prob=0.0, habitus="overweight"))
+    nod = _biggest(s)
+    t1 = simulate_mr(s, _axial("T1", nod.center_mm[2]), np.random.default_rng(5))
+    stir = simulate_mr(s, _axial("STIR", nod.center_mm[2]), np.random.default_rng(5))
+    seen = (t1.nodule_ids == nod.id) & np.isin(t1.labels, (Tissue.NODULE, Tissue.NODULE_CAPSULE))
+    assert seen.sum() >= 10 and next(d for d in t1.nodules if d["id"] == nod.id)["visible"]
+    hidden = next(d for d in stir.nodules if d["id"] == nod.id)
+    assert not hidden["visible"] and hidden["n_voxels"] == 0
+    assert not np.isin(stir.labels, (Tissue.NODULE, Tissue.NODULE_CAPSULE, Tissue.STALK)).any()
+    assert (stir.labels[seen] == Tissue.SUPERFICIAL_FAT).all()  # labelled as the fat it looks like
+
+
 def test_background_is_rayleigh_and_fat_snr(subject: Subject) -> None:
     snr = 30.0
     p = _axial("T1", 0.0, snr_fat=snr, bias_amplitude=0.25, n_slices=3)

@@ -3,7 +3,8 @@
 Signal model: the relative intensities of the phantom parameter table in ``shared/docs/domain.md``
 ("MR intensity vs fat (1.0)"), sampled once per series from the ranges in :data:`SIGNAL`; not a
 spin-echo equation. Back mice have the signal of fat; the oedematous variant is darker on T1 and
-brighter on STIR. Each voxel is the mean signal of its sub-samples (3 through the slice thickness x
+brighter on STIR; on STIR (:data:`FAT_SUPPRESSED`) a fat-signal nodule is labelled as the fat it
+looks like. Each voxel is the mean signal of its sub-samples (3 through the slice thickness x
 2 x 2 in-plane) wherever the tissue changes near it (in-plane label boundaries and around lesions),
 else the signal at its centre. A smooth multiplicative coil bias (brightest at the posterior
 surface, ``±bias_amplitude``) is applied, then complex Gaussian noise whose magnitude gives Rician
@@ -30,6 +31,7 @@ from .anatomy import Subject
 
 Range = tuple[float, float]
 CONTRASTS = ("T1", "T2", "STIR")
+FAT_SUPPRESSED = frozenset({"STIR"})  # contrasts on which fat, and so a non-oedematous back mouse, is dark
 
 # Relative intensity (fat = 1.0) per tissue and contrast, sampled per series (phantom table [S28] -> [E]).
 _FAT = {"T1": (1.0, 1.0), "T2": (0.9, 1.0), "STIR": (0.03, 0.1)}
@@ -195,10 +197,12 @@ class MRImage:
     """A simulated series. See the module docstring for the geometry conventions.
 
     ``volume`` float32 ``(n, rows, cols)`` in 0..4095; ``labels`` uint8 Tissue and ``nodule_ids`` uint8
-    (0 = none) at the voxel centres; ``nodules`` one dict per subject nodule: ``id``, ``visible``
-    (any voxel centre inside it), ``n_voxels``, ``center_voxel`` (continuous ``(k, i, j)`` of the
-    nodule centre, possibly outside the grid), ``center_patient_mm``, ``diameters_mm``, ``depth_mm``,
-    ``fascia_depth_mm``, ``side``, ``variant``, ``lobulated`` and ``defect``.
+    (0 = none) at the voxel centres, as the sequence shows them (on a fat-suppressed contrast a
+    non-oedematous nodule is labelled fat); ``nodules`` one dict per subject nodule: ``id``,
+    ``visible`` (any labelled voxel centre inside it), ``n_voxels``, ``center_voxel`` (continuous
+    ``(k, i, j)`` of the nodule centre, possibly outside the grid), ``center_patient_mm``,
+    ``diameters_mm``, ``depth_mm``, ``fascia_depth_mm``, ``side``, ``variant``, ``lobulated`` and
+    ``defect``.
     """
 
     volume: np.ndarray
@@ -423,6 +427,8 @@ def simulate_mr(subject: Subject, protocol: MRProtocol, rng: np.random.Generator
         lateral = 1 - np.float32(0.1) * (pts[..., 0] / np.float32(200.0)) ** 2
         bias = (1 + np.float32(p.bias_amplitude) * (2 * np.exp(-dist / np.float32(bias_len)) - 1)) * lateral
         volume[k] = sig * bias
+    if p.contrast in FAT_SUPPRESSED:
+        _hide_fat_signal_nodules(labels, ids, subject)
 
     sigma = np.float32(1.0 / p.snr_fat)
     noise_re = rng.standard_normal(volume.shape, dtype=np.float32)
@@ -506,6 +512,20 @@ def _in_boxes(pts: np.ndarray, boxes: list[tuple[np.ndarray, np.ndarray]]) -> np
     for lo, hi in boxes:
         out |= np.all((pts > lo) & (pts < hi), axis=-1)
     return out
+
+
+def _hide_fat_signal_nodules(labels: np.ndarray, ids: np.ndarray, subject: Subject) -> None:
+    """Relabel, in place, the nodules a fat-suppressed series cannot show as the fat they look like.
+
+    A back mouse has the signal of fat and is suppressed with it (domain §4); its thin capsule, the
+    stalk and the fascia gap are within the noise of suppressed fat. Only the oedematous variant is
+    STIR-bright. The labels (and so the SEG and ``visible``) show what the sequence shows.
+    """
+    hidden = [nod.id for nod in subject.nodules if nod.variant != "oedematous"]
+    if not hidden:
+        return
+    mask = np.isin(ids, hidden) & np.isin(labels, (Tissue.NODULE, Tissue.NODULE_CAPSULE, Tissue.STALK))
+    labels[mask] = Tissue.SUPERFICIAL_FAT
 
 
 def _series_nodules(subject: Subject, img: MRImage) -> list[dict[str, Any]]:
