@@ -153,28 +153,52 @@ def process_job(
     job: SeriesJob, out_dir: str, formats: list[str] | None, model: str | None, device: str, tag: str
 ) -> SeriesOutcome:
     """Detect one series and write its outputs; never raises for bad input."""
+    return write_stage(*detect_stage(job, model, device, tag), out_dir, formats)
+
+
+def detect_stage(
+    job: SeriesJob, model: str | None, device: str, tag: str
+) -> tuple[SeriesOutcome, Any, float]:
+    """Hash the inputs, decode and detect: ``(outcome, result or None on failure, start time)``."""
     start = time.perf_counter()
     outcome = SeriesOutcome(key=job.key, status="failed", modality=job.modality)
+    result = None
     try:
         outcome.input_hash = inputs_hash(job.paths, tag)
         from .io import load_series
 
         series = load_series([Path(p) for p in job.paths])
         result = _detector(model, device).detect(series)
-        target = Path(out_dir) / job.key
-        written = result.save(target, formats)
-        outcome.outputs = sorted(str(p.relative_to(out_dir)) for paths in written.values() for p in paths)
-        montage = [p for p in outcome.outputs if p.endswith("montage.png")]
-        outcome.key_image = montage[0] if montage else None
-        outcome.series_probability = float(result.series_probability)
-        outcome.findings = [_finding_row(n) for n in result.nodules]
-        outcome.status = "done"
     except BackmiceError as exc:
         outcome.error = str(exc)
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-        outcome.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        outcome.error = _short_error(exc)
+    return outcome, result, start
+
+
+def write_stage(
+    outcome: SeriesOutcome, result: Any, start: float, out_dir: str, formats: list[str] | None
+) -> SeriesOutcome:
+    """Write the outputs of a detected series under ``out_dir/<key>`` and complete its outcome."""
+    if result is not None:
+        try:
+            written = result.save(Path(out_dir) / outcome.key, formats)
+            outcome.outputs = sorted(str(p.relative_to(out_dir)) for paths in written.values() for p in paths)
+            montage = [p for p in outcome.outputs if p.endswith("montage.png")]
+            outcome.key_image = montage[0] if montage else None
+            outcome.series_probability = float(result.series_probability)
+            outcome.findings = [_finding_row(n) for n in result.nodules]
+            outcome.status = "done"
+        except BackmiceError as exc:
+            outcome.error = str(exc)
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+            outcome.error = _short_error(exc)
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _short_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _finding_row(n: Any) -> dict[str, Any]:
@@ -234,8 +258,7 @@ def _run_local(
     workers: int,
 ) -> Iterator[SeriesOutcome]:
     if workers <= 1:
-        for job in jobs:
-            yield process_job(job, str(out_dir), formats, model, device, tag)
+        yield from _pipelined(jobs, str(out_dir), formats, model, device, tag)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -250,6 +273,28 @@ def _run_local(
         futures = [pool.submit(process_job, j, str(out_dir), formats, model, device, tag) for j in jobs]
         for fut in as_completed(futures):
             yield fut.result()
+
+
+def _pipelined(
+    jobs: list[SeriesJob], out_dir: str, formats: list[str] | None, model: str | None, device: str, tag: str
+) -> Iterator[SeriesOutcome]:
+    """In this process: series ``n`` is written by a thread while series ``n + 1`` is decoded and detected.
+
+    Writing (highdicom, PNG encoding) is mostly single-threaded Python, decoding and post-processing
+    too; the overlap fills the core they leave idle. At most two results are alive at a time.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backmice-writer") as writer:
+        pending: Future[SeriesOutcome] | None = None
+        for job in jobs:
+            staged = detect_stage(job, model, device, tag)
+            if pending is not None:
+                yield pending.result()
+            pending = writer.submit(write_stage, *staged, out_dir, formats)
+            del staged
+        if pending is not None:
+            yield pending.result()
 
 
 def _run_dask(

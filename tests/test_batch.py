@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from model_factory import tiny_bundle, write_mr_with_seg
 
-from backmice_vision.batch import read_manifest, run_batch, safe_name
+from backmice_vision.batch import plan_jobs, read_manifest, run_batch, safe_name
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,21 @@ def test_resume_redoes_a_series_whose_outputs_are_gone(archive: tuple[Path, Path
     status = {o.key: o.status for o in again.outcomes}
     assert status[victim.key] == "done"
     assert sorted(status.values()) == ["done", "skipped"]
+
+
+def test_a_series_whose_outputs_cannot_be_written_fails_alone(
+    archive: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, bundle = archive
+    jobs, _ = plan_jobs(root)
+    blocked = jobs[0].key
+    (tmp_path / blocked.split("/")[0]).write_text("a file where the study folder would go")
+    report = run_batch(root, tmp_path, model=str(bundle), device="cpu", progress="quiet", formats=["json"])
+    status = {o.key: o for o in report.outcomes}
+    assert status[blocked].status == "failed" and status[blocked].error.startswith(("FileExists", "NotADir"))
+    assert status[blocked].outputs == [] and report.exit_code == 1
+    assert [o.status for k, o in status.items() if k != blocked] == ["done"]
+    assert set(read_manifest(tmp_path)) == {k for k in status if k != blocked}
 
 
 @pytest.mark.slow

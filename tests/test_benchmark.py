@@ -78,8 +78,10 @@ def test_quick_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     results = json.loads(out.read_text())
     figures = results["figures"]
     expected = {f"{kind}.{name}" for kind in benchmark.SERIES_KINDS for name in EXPECTED_SERIES_FIGURES}
-    expected |= {f"workers.{k}" for k in ("w1_series_per_min", "w2_series_per_min", "wall_ratio")}
-    expected |= {"workers.w1_steady_series_per_min", "workers.w2_steady_series_per_min", "workers.ratio"}
+    rates = ("series_per_min", "steady_series_per_min")
+    expected |= {f"workers.{r}_{k}" for r in ("w1t1", "w2", "w1") for k in rates}
+    ratios = ("wall_ratio", "ratio", "ratio_vs_all_cores", "mr_overhead_ratio")
+    expected |= {f"workers.{r}" for r in ratios}
     expected |= {"cli.help_s", "cli.bad_arg_s"}
     assert set(figures) == expected
     bad = {k: v for k, v in figures.items() if not (math.isfinite(v) and v > 0)}
