@@ -400,33 +400,48 @@ def _nodule_mask(probs: np.ndarray) -> np.ndarray:
     return np.asarray(class_labels(probs) == NODULE)
 
 
+def _index_spacing_mm(series: Any) -> tuple[float, float, float]:
+    """Millimetres per index step ``(k, i, j)``: the MR spacing, or the first US region's (1 mm per frame);
+    1 where unknown."""
+    if series.spacing_mm is not None:
+        return tuple(float(v) for v in series.spacing_mm)  # type: ignore[return-value]
+    region = series.regions[0] if series.regions else None
+    if region is not None and region.spacing_mm is not None:
+        return (1.0, float(region.spacing_mm[0]), float(region.spacing_mm[1]))
+    return (1.0, 1.0, 1.0)
+
+
 def compare_findings(
     ours: Any,
     ref_nodules: list[Any],
     ours_probs: np.ndarray,
     ref_probs: np.ndarray,
-    tol_vox: float = 3.0,
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    tol_mm: float = 2.0,
     confident: float = CONFIDENT,
     in_plane: bool = False,
 ) -> dict[str, Any]:
     """Agreement of two detections of one series.
 
-    Findings match one-to-one when their centres lie within ``tol_vox`` voxels (index units
-    ``(k, i, j)``; ``(i, j)`` with ``in_plane``, for a cine whose key frame is any of several near-equal
-    frames). ``same_findings``: the findings with confidence >= ``confident`` match one-to-one
-    (low-confidence fragments near the instance threshold come and go with any interpolation change, so
-    they are counted but not required to agree). Also the nodule-mask Dice of the two maps (1 when both are
+    Findings match one-to-one when their centres lie within ``tol_mm`` (index ``(k, i, j)`` scaled by
+    ``spacing_mm``; only ``(i, j)`` with ``in_plane``, for a cine whose key frame is any of several
+    near-equal frames). 2 mm is well inside the 5 mm minimum hit radius of the evaluation.
+    ``same_findings``: the findings with confidence >= ``confident`` match one-to-one (low-confidence
+    fragments near the instance threshold come and go with any interpolation change, so they are
+    counted but not required to agree). Also the nodule-mask Dice of the two maps (1 when both are
     empty), their pixel counts, and the mean absolute difference of the nodule probability.
     """
     from .labels import NODULE
 
-    def centres(nodules: list[Any], lo: float) -> list[np.ndarray]:
-        first = 1 if in_plane else 0
-        return [np.asarray(n.center_voxel[first:], dtype=np.float64) for n in nodules if n.confidence >= lo]
+    first = 1 if in_plane else 0
+    scale = np.asarray(spacing_mm[first:], dtype=np.float64)
 
-    all_d = _match(centres(ours, 0.0), centres(ref_nodules, 0.0), tol_vox)
+    def centres(nodules: list[Any], lo: float) -> list[np.ndarray]:
+        return [np.asarray(n.center_voxel[first:]) * scale for n in nodules if n.confidence >= lo]
+
+    all_d = _match(centres(ours, 0.0), centres(ref_nodules, 0.0), tol_mm)
     a, b = centres(ours, confident), centres(ref_nodules, confident)
-    conf_d = _match(a, b, tol_vox)
+    conf_d = _match(a, b, tol_mm)
     mask_a, mask_b = _nodule_mask(ours_probs), _nodule_mask(ref_probs)
     na, nb = int(mask_a.sum()), int(mask_b.sum())
     dice = 1.0 if na + nb == 0 else 2.0 * int((mask_a & mask_b).sum()) / (na + nb)
@@ -438,7 +453,7 @@ def compare_findings(
         "ours_confident": len(a),
         "reference_confident": len(b),
         "matched_confident": len(conf_d),
-        "max_centre_distance_vox": max(conf_d) if conf_d else 0.0,
+        "max_centre_distance_mm": max(conf_d) if conf_d else 0.0,
         "same_findings": len(a) == len(b) == len(conf_d),
         "nodule_pixels_ours": na,
         "nodule_pixels_reference": nb,
@@ -494,6 +509,7 @@ def measure_series(
         ref_nodules,
         detector.probabilities(series),
         ref_probs,
+        spacing_mm=_index_spacing_mm(series),
         in_plane=series.modality == "US" and series.shape[0] > 1,
     )
     no_write = stages["total"] - stages["write"]
@@ -777,7 +793,7 @@ def print_report(results: dict[str, Any], stream: Any = None) -> None:
             f"{kind:10s} {b['pydicom_decode']:7.3f}s {b['bare_forward']:7.3f}s "
             f"{r['stages_s']['total']:7.3f}s {r['ours_no_write_s']:7.3f}s {r['reference_s']:7.3f}s "
             f"{a['ours']:>8d}/{a['reference']:<3d} {a['ours_confident']:>9d}/{a['reference_confident']:<3d} "
-            f"{'yes' if a['same_findings'] else 'NO':>5s} {a['max_centre_distance_vox']:7.2f}v "
+            f"{'yes' if a['same_findings'] else 'NO':>5s} {a['max_centre_distance_mm']:6.2f}mm "
             f"{a['nodule_pixels_ours']:>11d}/{a['nodule_pixels_reference']:<7d} "
             f"{a['nodule_dice']:6.3f} {a['nodule_prob_mean_abs_diff']:8.5f}",
             file=out,

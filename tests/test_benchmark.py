@@ -53,7 +53,7 @@ def test_compare_findings_matches_centres_and_masks() -> None:
     ref[3, 0, 2:4, 2:5] = 1.0  # 6 in the reference, 4 shared
     got = benchmark.compare_findings([_Nod((0, 2.5, 2.5))], [_Nod((0, 2.5, 3.0))], probs, ref)
     assert got["same_findings"] and got["matched"] == 1
-    assert got["max_centre_distance_vox"] == pytest.approx(0.5)
+    assert got["max_centre_distance_mm"] == pytest.approx(0.5)
     assert got["nodule_dice"] == pytest.approx(2 * 4 / 10)
     assert got["nodule_pixels_ours"] == 4 and got["nodule_pixels_reference"] == 6
     far = benchmark.compare_findings([_Nod((0, 2, 2))], [_Nod((1, 7, 7))], probs, ref)
@@ -64,6 +64,11 @@ def test_compare_findings_matches_centres_and_masks() -> None:
     assert benchmark.compare_findings([_Nod((0, 2, 2))], [_Nod((9, 2, 3))], probs, ref, in_plane=True)[
         "same_findings"
     ]
+    # US source pixels are small: 8 pixels at 0.1 mm are 0.8 mm, the same finding; at 1 mm they are not
+    fine = (1.0, 0.1, 0.1)
+    near = benchmark.compare_findings([_Nod((0, 2, 2))], [_Nod((0, 2, 10))], probs, ref, spacing_mm=fine)
+    assert near["same_findings"] and near["max_centre_distance_mm"] == pytest.approx(0.8)
+    assert not benchmark.compare_findings([_Nod((0, 2, 2))], [_Nod((0, 2, 10))], probs, ref)["same_findings"]
     empty = benchmark.compare_findings([], [], ref, ref)
     assert empty["same_findings"] and empty["nodule_dice"] == 1.0 and empty["nodule_prob_mean_abs_diff"] == 0
 
