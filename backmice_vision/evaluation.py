@@ -8,7 +8,9 @@ at least 5 mm).
 
 Definitions (per modality):
 
-* **Targets** are ground-truth nodules with ``visible`` true and a longest diameter ≥ 8 mm; ``froc`` uses
+* **Targets** are ground-truth nodules with ``visible`` true (the series shows them: inside its slices or
+  image plane, and on a fat-suppressed MR series only the oedematous variant, since a fat nodule is
+  suppressed with the fat; :mod:`backmice_vision.phantoms.mr`) and a longest diameter ≥ 8 mm; ``froc`` uses
   them, ``froc_all`` uses every ground-truth nodule. A prediction that hits a target is a true positive for
   that lesion (its confidence is the lesion's score); a prediction that hits no ground-truth nodule is a
   false positive; second hits on one nodule and hits on non-target nodules are neither.
@@ -496,7 +498,9 @@ def run_evaluation(
         "test_time_flip": flip,
         "n_cases": len(cases),
         "n_series": len(records),
-        "target_definition": f"visible and longest diameter >= {TARGET_MIN_DIAMETER_MM:g} mm",
+        "target_definition": (
+            f"visible on the series (STIR: oedematous only), longest diameter >= {TARGET_MIN_DIAMETER_MM:g}mm"
+        ),
         "modalities": metrics,
         "froc_png": froc_png.name,
         "series": [
