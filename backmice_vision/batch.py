@@ -427,12 +427,6 @@ def run_batch(
     return report
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 SUMMARY_COLUMNS = (
     "series",
     "modality",
@@ -481,7 +475,9 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
             )
     for p, reason in report.unreadable:
         writer.writerow([Path(p).name, "", "failed", "", "", "", "", "", "", "", "", "", reason])
-    _atomic_write_text(path, buf.getvalue())
+    from .export.dicom_common import write_text_atomic
+
+    write_text_atomic(buf.getvalue(), path)
 
 
 def write_index_html(report: BatchReport, path: Path) -> None:
@@ -510,7 +506,9 @@ def write_index_html(report: BatchReport, path: Path) -> None:
         failed=len(report.failed) + len(report.unreadable),
         seconds=f"{report.seconds:.0f}",
     )
-    _atomic_write_text(path, page)
+    from .export.dicom_common import write_text_atomic
+
+    write_text_atomic(page, path)
 
 
 _INDEX_TEMPLATE = """<!doctype html>
