@@ -278,23 +278,24 @@ def _run_local(
 def _pipelined(
     jobs: list[SeriesJob], out_dir: str, formats: list[str] | None, model: str | None, device: str, tag: str
 ) -> Iterator[SeriesOutcome]:
-    """In this process: series ``n`` is written by a thread while series ``n + 1`` is decoded and detected.
+    """In this process: series ``n + 1`` is decoded and detected in a thread while series ``n`` is written.
 
-    Writing (highdicom, PNG encoding) is mostly single-threaded Python, decoding and post-processing
-    too; the overlap fills the core they leave idle. At most two results are alive at a time.
+    Writing (highdicom, PNG encoding), decoding and post-processing are mostly single-threaded; the
+    overlap fills the core they leave idle. Each outcome is yielded as soon as its outputs are written
+    (so it enters the manifest at once); at most two results are alive at a time.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backmice-writer") as writer:
-        pending: Future[SeriesOutcome] | None = None
-        for job in jobs:
-            staged = detect_stage(job, model, device, tag)
-            if pending is not None:
-                yield pending.result()
-            pending = writer.submit(write_stage, *staged, out_dir, formats)
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backmice-detect") as ahead:
+        upcoming = ahead.submit(detect_stage, jobs[0], model, device, tag)
+        for following in [*jobs[1:], None]:
+            staged = upcoming.result()
+            if following is not None:
+                upcoming = ahead.submit(detect_stage, following, model, device, tag)
+            yield write_stage(*staged, out_dir, formats)
             del staged
-        if pending is not None:
-            yield pending.result()
 
 
 def _run_dask(
