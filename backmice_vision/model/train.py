@@ -472,6 +472,11 @@ def _apply(params: dict[str, Any], s: np.ndarray) -> np.ndarray:
     return apply_calibration(params, s)
 
 
+def _depth_augmented(training: dict[str, Any]) -> bool:
+    aug = training["config"].get("augment") or {}
+    return float(aug.get("depth_gain", 0)) > 0 or float(aug.get("depth_noise_std", 0)) > 0
+
+
 def model_card(meta: dict[str, Any]) -> str:
     """The bundle's README.md: what the model is, how it was trained, what it is not for."""
     tr, val = meta["training"], meta["metrics"]["validation"]
@@ -504,7 +509,13 @@ def model_card(meta: dict[str, Any]) -> str:
         f"- {tr['epochs_run']} epochs (best {tr['best_epoch']}), wall time {tr['wall_time_s'] / 60:.1f} min "
         f"on {tr['device']} ({tr['torch_threads']} threads){stopped}.",
         "- Loss DiceCE (no background in Dice), class-balanced patch sampling, augmentation of gain, gamma,",
-        "  blur, noise, zoom, rotation, left-right flip (and bias field for MR).",
+        "  blur, noise, zoom, rotation, left-right flip (and bias field for MR)"
+        + ("; depth-dependent TGC error and noise (US)." if _depth_augmented(tr) else "."),
+        *(
+            [f"- Started from the weights of `{tr['config']['init_from']}` (fine-tuning)."]
+            if tr["config"].get("init_from")
+            else []
+        ),
         "",
         "## Validation (synthetic phantoms, held-out seeds)",
         "",

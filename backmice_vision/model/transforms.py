@@ -7,12 +7,21 @@ Samples are dicts ``{"image": float32 (C, h, w) in [0, 1], "label": uint8 (1, h,
   (nodule and defect over-sampled against their tiny pixel share);
 * geometry: left-right flip, rotation ±``rotate_deg``, zoom ``zoom`` (scanner pixel size / habitus);
 * intensity: gain (scale, shift), dynamic range (gamma = ``RandAdjustContrastd``), speckle size /
-  resolution (Gaussian blur), noise, and for MR a multiplicative bias field.
+  resolution (Gaussian blur), noise, and for MR a multiplicative bias field;
+* ultrasound depth (``depth_gain``, ``depth_noise_std``, off by default): a residual TGC error, a linear
+  ramp of display level down the rows (log compression turns a dB-per-cm gain error into a ramp), and
+  electronic noise that grows with depth as the TGC amplifies it (:class:`RandDepthGaind`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
+import torch
+from monai import transforms as T
+from monai.transforms import MapTransform, RandomizableTransform
 
 from ..labels import MODEL_CLASSES
 
@@ -28,16 +37,46 @@ DEFAULT_AUG: dict[str, Any] = {
     "gamma": [0.7, 1.5],  # dynamic range
     "blur_sigma": [0.3, 1.2],  # speckle size / resolution, model pixels
     "noise_std": 0.04,  # additive Gaussian noise
+    "depth_gain": 0.0,  # US: display-level ramp down the patch, +- this at the bottom row
+    "depth_noise_std": 0.0,  # US: Gaussian noise whose std rises from 0 (top row) to this (bottom)
 }
+
+
+class RandDepthGaind(RandomizableTransform, MapTransform):
+    """Ultrasound TGC error and depth-amplified noise on ``(C, rows, cols)`` images in [0, 1].
+
+    Rows are depth. With probability ``prob``: ``image + d * (slope + noise)`` where
+    ``d = row / (rows - 1)`` runs 0 -> 1 down the patch, ``slope ~ U(-max_slope, max_slope)`` and
+    ``noise ~ N(0, s^2)`` per pixel with ``s ~ U(0, max_noise_std)``; the result is clipped to [0, 1].
+    """
+
+    def __init__(self, keys: Any, max_slope: float, max_noise_std: float, prob: float) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.max_slope, self.max_noise_std = float(max_slope), float(max_noise_std)
+        self._slope, self._noise_std = 0.0, 0.0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._slope = float(self.R.uniform(-self.max_slope, self.max_slope))
+        self._noise_std = float(self.R.uniform(0.0, self.max_noise_std))
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key])
+            rows = img.shape[-2]
+            ramp = torch.linspace(0.0, 1.0, rows, dtype=img.dtype).reshape(rows, 1)
+            noise = torch.from_numpy(self.R.standard_normal(tuple(img.shape)).astype(np.float32))
+            d[key] = (img + ramp * (self._slope + self._noise_std * noise.to(img.dtype))).clamp_(0.0, 1.0)
+        return d
 
 
 def train_transforms(modality: str, aug: dict[str, Any] | None = None) -> Any:
     """The MONAI ``Compose`` of training transforms (random) for ``modality`` ``"US"`` or ``"MR"``."""
-    import math
-
-    import numpy as np
-    from monai import transforms as T
-
     a = {**DEFAULT_AUG, **(aug or {})}
     patch = tuple(int(x) for x in a["patch"])
     p = float(a["prob"])
@@ -77,6 +116,8 @@ def train_transforms(modality: str, aug: dict[str, Any] | None = None) -> Any:
     ]
     if modality == "MR":
         ops.append(T.RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=p))
+    elif float(a["depth_gain"]) > 0 or float(a["depth_noise_std"]) > 0:
+        ops.append(RandDepthGaind("image", float(a["depth_gain"]), float(a["depth_noise_std"]), p))
     ops += [
         T.CastToTyped(keys=["image", "label"], dtype=[np.float32, np.int64]),
         T.ToTensord(keys=["image", "label"], track_meta=False),
