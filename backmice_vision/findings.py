@@ -18,9 +18,11 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       the voxel footprint), longest first; MR three, ultrasound two in-plane.
     * ``depth_mm``: skin surface → nearest nodule edge. Ultrasound: the top edge of region row ``row0`` is
       at depth ``region.depth_offset_mm`` below the transducer face, so the top edge of row ``r`` is at
-      ``depth_offset_mm + (r - row0) * dy``. MR: Euclidean distance from the nodule's boundary voxels to
-      the nearest air voxel bordering the body mask (:func:`body_mask`), minus one voxel footprint along
-      that direction (half a voxel at each end).
+      ``depth_offset_mm + (r - row0) * dy``. MR: the shortest way to the skin going posterior (+y, the
+      needle's way): from every boundary voxel of the nodule, the distance along +y to the first sample
+      outside the body mask (:func:`body_mask`; the skin sits halfway between the last body sample and
+      it), less the way from the voxel centre to its face along +y; ``None`` when no ray meets the skin
+      inside the stack (a small field of view that crops the skin off gives no depth, not one to its edge).
     * ``fascia_depth_mm``: depth of the first fascia voxel (probability ≥ 0.5) met going deeper from the
       nodule centre (ultrasound: down the columns of the nodule's central half, median over columns; MR:
       along −y from the centre), measured from the skin.
@@ -63,6 +65,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 _FASCIA_P = 0.5
 _DEFECT_P = 0.5
 _SEARCH_MM = 120.0  # longest skin / fascia search from a nodule centre
+_POSTERIOR = np.array([0.0, 1.0, 0.0])  # +y in LPS: from the nodule towards the skin of the back
 
 Calibration = dict[str, dict[str, Any]]
 
@@ -308,7 +311,6 @@ def _defect_record(
 
 def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibration) -> list[Nodule]:
     from scipy import ndimage
-    from scipy.spatial import cKDTree
 
     nod_p = probs[NODULE]
     labels, n = label_tracks(nod_p > thr["nodule_threshold"], series)
@@ -319,12 +321,6 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
     spacing = None if lin is None else tuple(float(v) for v in np.linalg.norm(lin, axis=0))
     voxel_mm3 = None if lin is None else abs(float(np.linalg.det(lin)))
     body = body_mask(series.pixels, probs) if lin is not None else None
-    tree = None
-    if body is not None and lin is not None:
-        surface = ndimage.binary_dilation(body, structure=ndimage.generate_binary_structure(3, 1)) & ~body
-        surf_idx = np.argwhere(surface)
-        if surf_idx.size:
-            tree = cKDTree(surf_idx @ lin.T)
     out = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -348,14 +344,14 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
             side = "left" if centre_mm[0] > 0 else "right"
 
         depth = None
-        if tree is not None and lin is not None:
-            edge = (np.argwhere(_boundary(comp)) + off) @ lin.T
-            dist, which = tree.query(edge)
-            best = int(np.argmin(dist))
-            vec = tree.data[which[best]] - edge[best]
-            norm = float(np.linalg.norm(vec))
-            u = vec / norm if norm > 0 else np.array([0.0, 1.0, 0.0])
-            depth = max(0.0, norm - float(np.abs(u @ lin).sum()))
+        if affine is not None and body is not None and spacing is not None:
+            edge_mm = (np.argwhere(_boundary(comp)) + off) @ affine[:3, :3].T + affine[:3, 3]
+            edge_mm = edge_mm[edge_mm[:, 1] >= centre_mm[1]]  # the posterior half faces the skin
+            to_skin = _posterior_skin_distance(affine, edge_mm, body, min(spacing))
+            if np.isfinite(to_skin).any():
+                # from a voxel centre, +y leaves the voxel where one index has changed by half a step
+                exit_mm = 0.5 / float(np.abs(np.linalg.solve(affine[:3, :3], _POSTERIOR)).max())
+                depth = max(0.0, float(np.nanmin(to_skin)) - exit_mm)
 
         needle, fascia_depth = None, None
         if affine is not None and body is not None and centre_mm is not None and spacing is not None:
@@ -402,6 +398,27 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
     return out
 
 
+def _posterior_skin_distance(
+    affine: np.ndarray, points_mm: np.ndarray, body: np.ndarray, step_mm: float
+) -> np.ndarray:
+    """Distance (mm) along +y from each of ``points_mm`` (M, 3) LPS to the skin, NaN where none is met.
+
+    Samples every ``step_mm / 2`` up to ``_SEARCH_MM``; the skin lies halfway between the last sample in
+    ``body`` and the first one outside it. A ray that leaves the stack first meets no skin (NaN).
+    """
+    inv = np.linalg.inv(affine)
+    h = 0.5 * step_mm
+    ts = np.arange(h, _SEARCH_MM, h)
+    pts = points_mm[:, None, :] + ts[None, :, None] * _POSTERIOR  # (M, T, 3)
+    vox = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.intp)
+    inside = np.all((vox >= 0) & (vox < np.asarray(body.shape)), axis=2)
+    air = np.zeros(inside.shape, dtype=bool)
+    air[inside] = ~body[tuple(vox[inside].T)]
+    first_out = np.where(inside.all(axis=1), len(ts), np.argmin(inside, axis=1))
+    first_air = np.where(air.any(axis=1), np.argmax(air, axis=1), len(ts))
+    return np.where(first_air < first_out, ts[np.minimum(first_air, len(ts) - 1)] - 0.5 * h, np.nan)
+
+
 def _mr_line_search(
     affine: np.ndarray, centre_mm: np.ndarray, body: np.ndarray, fascia_p: np.ndarray, step_mm: float
 ) -> tuple[NeedleTarget | None, float | None]:
@@ -410,18 +427,9 @@ def _mr_line_search(
     shape = np.asarray(body.shape)
     h = 0.5 * step_mm
     ts = np.arange(h, _SEARCH_MM, h)
-
-    def voxels(sign: float) -> np.ndarray:
-        pts = centre_mm[None, :] + sign * ts[:, None] * np.array([0.0, 1.0, 0.0])
-        return np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(int)
-
-    up = voxels(1.0)
-    inside = np.all((up >= 0) & (up < shape), axis=1)
-    stop = int(np.argmin(inside)) if not inside.all() else len(ts)
-    outside = ~body[tuple(up[:stop].T)]
-    if not outside.any():
+    t_skin = float(_posterior_skin_distance(affine, centre_mm[None, :], body, step_mm)[0])
+    if not np.isfinite(t_skin):
         return None, None
-    t_skin = float(ts[int(np.argmax(outside))] - 0.5 * h)  # halfway between last body and first air sample
     skin_mm = centre_mm + np.array([0.0, t_skin, 0.0])
     skin_vox = inv[:3, :3] @ skin_mm + inv[:3, 3]
     needle = NeedleTarget(
@@ -429,7 +437,7 @@ def _mr_line_search(
         skin_patient_mm=(float(skin_mm[0]), float(skin_mm[1]), float(skin_mm[2])),
         depth_mm=t_skin,
     )
-    down = voxels(-1.0)
+    down = np.rint((centre_mm[None, :] - ts[:, None] * _POSTERIOR) @ inv[:3, :3].T + inv[:3, 3]).astype(int)
     inside = np.all((down >= 0) & (down < shape), axis=1)
     stop = int(np.argmin(inside)) if not inside.all() else len(ts)
     hit = fascia_p[tuple(down[:stop].T)] >= _FASCIA_P
