@@ -344,7 +344,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
             side = "left" if centre_mm[0] > 0 else "right"
 
         depth = None
-        if affine is not None and body is not None and spacing is not None:
+        if affine is not None and centre_mm is not None and body is not None and spacing is not None:
             edge_mm = (np.argwhere(_boundary(comp)) + off) @ affine[:3, :3].T + affine[:3, 3]
             edge_mm = edge_mm[edge_mm[:, 1] >= centre_mm[1]]  # the posterior half faces the skin
             to_skin = _posterior_skin_distance(affine, edge_mm, body, min(spacing))
