@@ -145,6 +145,47 @@ def read_ground_truth(path: Path) -> dict[str, Any]:
     return data
 
 
+def nodules_from_labels(
+    series: ImageSeries, labels: np.ndarray, thresholds: dict[str, float] | None = None
+) -> list[Nodule]:
+    """The annotated nodules of a class label map, found and measured exactly as predicted ones are.
+
+    ``labels`` uint8 ``(n, rows, cols)`` holds class indices (:data:`~backmice_vision.labels.MODEL_CLASSES`)
+    on the series' grid, e.g. a user's DICOM SEG read by :func:`backmice_vision.model.data.load_item`. Its
+    one-hot map goes through :func:`~backmice_vision.findings.extract_nodules` (same tracking and size
+    limits; ``fascia_defect.present`` is whether defect voxels lie in the nodule's band).
+    """
+    from .findings import extract_nodules
+    from .labels import MODEL_CLASSES
+
+    onehot = np.zeros((len(MODEL_CLASSES), *labels.shape), dtype=np.float32)
+    for c in range(len(MODEL_CLASSES)):
+        onehot[c] = labels == c
+    thr = {**load_thresholds(), **(thresholds or {}), "confidence_threshold": 0.0}
+    return extract_nodules(series, onehot, calibration=None, thresholds=thr)[0]
+
+
+def truth_from_labels(
+    series: ImageSeries, labels: np.ndarray, thresholds: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Ground-truth nodules (``ground_truth.json`` style, all ``visible``) of an annotated series that has
+    no ground-truth file: :func:`nodules_from_labels` as dicts."""
+    return [
+        {
+            "id": n.id,
+            "center_voxel": list(n.center_voxel),
+            "center_patient_mm": None if n.center_patient_mm is None else list(n.center_patient_mm),
+            "region_index": n.region_index,
+            "diameters_mm": list(n.diameters_mm),
+            "depth_mm": n.depth_mm,
+            "fascia_depth_mm": n.fascia_depth_mm,
+            "defect": {"present": bool(n.fascia_defect.present)},
+            "visible": True,
+        }
+        for n in nodules_from_labels(series, labels, thresholds)
+    ]
+
+
 def read_truth_mask(seg_path: Path, series: ImageSeries, segment: str = "nodule") -> np.ndarray:
     """The ``segment`` of a DICOM SEG as bool ``(n, rows, cols)`` on the series' source grid.
 

@@ -91,6 +91,10 @@ def detect(phantom_cases: dict[str, Path]) -> Callable[[str, str], Detection]:
     return run
 
 
+def series_modality(kind: str) -> str:
+    return "MR" if kind.startswith("mr") else "US"
+
+
 def _ids(pairs: list[tuple[str, str]]) -> list[str]:
     return [f"{c}-{k}" for c, k in pairs]
 
@@ -198,6 +202,31 @@ def test_oracle_probabilities_meet_the_contract(phantom_cases: dict[str, Path], 
     nodules, _ = extract_nodules(series, _oracle_probabilities(series, case / entry["seg"]))
     failures = contract_failures(assess(series, nodules, entry["nodules"]), series.modality)
     assert not any(failures.values()), failures
+
+
+@pytest.mark.parametrize(("name", "kind"), POSITIVE_SERIES, ids=_ids(POSITIVE_SERIES))
+def test_truth_from_the_seg_labels_agrees_with_the_phantom_ground_truth(
+    phantom_cases: dict[str, Path], name: str, kind: str
+) -> None:
+    # what calibration uses for a user's annotated DICOM (no ground_truth.json): the SEG's own nodules
+    from backmice_vision.evaluation import nodules_from_labels, truth_from_labels
+    from backmice_vision.findings import match_nodules, match_radius_mm
+    from backmice_vision.model.data import collect_items, load_item
+
+    case = phantom_cases[name]
+    entry = series_entry(case, kind)
+    items = collect_items([{"type": "phantom", "path": str(case)}])
+    (item,) = [i for i in items if i.image == case / entry["folder"]]
+    series, labels = load_item(item, series_modality(kind))
+    annotated = nodules_from_labels(series, labels)
+    truth = [t for t in entry["nodules"] if t.get("visible", True)]
+    matches = [m for m in match_nodules(annotated, truth, series) if m.pred is not None]
+    assert matches and all(m.truth is not None and not m.duplicate for m in matches)
+    for m in matches:
+        assert m.distance_mm is not None and m.distance_mm <= match_radius_mm(truth[m.truth])
+        assert annotated[m.pred].fascia_defect.present == truth[m.truth]["defect"]["present"]
+    derived = truth_from_labels(series, labels)
+    assert [d["center_voxel"] for d in derived] == [list(n.center_voxel) for n in annotated]
 
 
 # --------------------------------------------------------------------------- the shipped detector

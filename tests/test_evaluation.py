@@ -19,6 +19,7 @@ from backmice_vision.evaluation import (
     read_truth_mask,
     split_truth_instances,
     summarise,
+    truth_from_labels,
 )
 from backmice_vision.findings import DEFAULT_THRESHOLDS, extract_nodules
 from backmice_vision.labels import BACKGROUND, DEFECT, FAT, MODEL_CLASSES, NODULE
@@ -295,3 +296,21 @@ def test_backmice_evaluate_on_a_generated_mr_case_writes_json_markdown_and_plots
     rows = ("sensitivity ≥ 0.9", "mean Dice of detected targets ≥ 0.8", "fascia-defect AUC", "ECE ≤ 0.08")
     assert all(f"| {row}" in page for row in rows)
     assert page.count("PASS") + page.count("FAIL") + page.count("n/a") >= 4
+
+
+def test_truth_from_labels_measures_an_annotated_nodule_like_a_prediction(tmp_path):
+    from model_factory import SEGMENT_MAP, write_mr_with_seg
+
+    from backmice_vision.model.data import collect_items, load_item
+
+    write_mr_with_seg(tmp_path / "case", seed=4)
+    (item,) = collect_items([{"type": "dicom_seg", "path": str(tmp_path), "segment_map": SEGMENT_MAP}])
+    series, labels = load_item(item, "MR")
+    (truth,) = truth_from_labels(series, labels)
+    nodule = np.argwhere(labels == NODULE)
+    assert truth["center_voxel"] == pytest.approx(nodule.mean(axis=0).tolist())
+    # a 13-pixel disc at 1.5 mm on 3 slices 4 mm apart: 19.5 mm across, 12 mm through the slices
+    assert truth["diameters_mm"][0] == pytest.approx(19.5, abs=0.5)
+    assert min(truth["diameters_mm"]) == pytest.approx(12.0, abs=0.5)
+    assert truth["visible"] is True  # (defect flags on real phantom geometry: test_detection_phantoms)
+    assert truth_from_labels(series, np.where(labels == NODULE, FAT, labels).astype(np.uint8)) == []

@@ -123,3 +123,15 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_a_mismatched_one(data: Pat
         train(wider, device="cpu", log=quiet)
     with pytest.raises(ConfigError, match="init_from"):
         train(config(data, tmp_path / "d", init_from=str(tmp_path / "nowhere")), device="cpu", log=quiet)
+
+
+def test_calibration_reads_annotated_dicom_seg_validation_data(data: Path, tmp_path: Path) -> None:
+    from backmice_vision.model.inference import DEFAULT_MR
+    from backmice_vision.model.train import fit_detection_calibration
+
+    bundle = load_bundle(train(config(data, tmp_path), device="cpu", log=quiet))
+    val = config(data, tmp_path)["data"]["val"]
+    _, report = fit_detection_calibration(bundle.network, DEFAULT_MR, val, torch.device("cpu"), quiet)
+    # the one annotated validation series (a SEG with a nodule) is used, not skipped as "not a phantom"
+    assert report["series_used"] == 1
+    assert report["series"]["n"] == 1

@@ -24,7 +24,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import BackmiceError, ConfigError
 from ..labels import DEFECT, MODEL_CLASSES, NODULE
+from ..types import ImageSeries
 from .inference import DEFAULT_MR, DEFAULT_US, Preprocessing, Tile, run_network
 
 Log = Callable[[str], None]
@@ -395,6 +396,39 @@ def train(
     return out
 
 
+def _calibration_cases(
+    val_sources: list[dict[str, Any]], modality: str, thresholds: dict[str, float], log: Log
+) -> Iterator[tuple[ImageSeries, list[dict[str, Any]]]]:
+    """``(series, ground-truth nodules)`` of every validation series: a phantom's ``ground_truth.json``
+    (visible nodules), or for annotated DICOM / NIfTI the nodules of its label map
+    (:func:`~backmice_vision.evaluation.truth_from_labels`). Series that cannot be read are logged."""
+    from ..evaluation import truth_from_labels
+    from ..io import load_series
+    from .data import collect_items, load_item
+
+    for src in val_sources:
+        if src.get("type") == "phantom":
+            root = Path(src["path"])
+            for gt in sorted(root.glob("*/ground_truth.json")) or [root / "ground_truth.json"]:
+                if not gt.is_file():
+                    continue
+                for entry in json.loads(gt.read_text())["series"]:
+                    try:
+                        series = load_series(gt.parent / entry["folder"])
+                    except BackmiceError as exc:
+                        log(f"calibration: skipped {gt.parent.name}/{entry['folder']}: {exc.reason}")
+                        continue
+                    yield series, [t for t in entry.get("nodules", []) if t.get("visible", True)]
+            continue
+        for item in collect_items([src]):
+            try:
+                series, labels = load_item(item, modality)
+            except BackmiceError as exc:
+                log(f"calibration: skipped {item.key}: {exc.reason}")
+                continue
+            yield series, truth_from_labels(series, labels, thresholds)
+
+
 def fit_detection_calibration(
     net: Any,
     prep: Preprocessing,
@@ -403,50 +437,37 @@ def fit_detection_calibration(
     log: Log,
     max_series: int = 40,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit ``nodule``/``defect``/``series`` calibration (Platt) on detections in validation phantoms.
+    """Fit ``nodule``/``defect``/``series`` calibration (Platt) on detections in the validation series.
 
-    Returns ``(calibration params, report)``; empty when the findings module or enough labelled
-    detections (10, both outcomes) are missing.
+    Any validation source works: phantoms (their ground truth) and annotated DICOM SEG or NIfTI (nodules
+    of the annotation, see :func:`_calibration_cases`). Returns ``(calibration params, report)``; a key
+    is left out when fewer than 10 labelled detections (or only one outcome) are available.
     """
-    try:
-        from ..findings import extract_nodules, load_thresholds, match_nodules
-        from .calibration import expected_calibration_error, fit_calibration
-    except ImportError as exc:
-        log(f"calibration skipped: {exc}")
-        return {}, {}
-    from ..io import load_series
+    from ..findings import extract_nodules, load_thresholds, match_nodules
+    from .calibration import expected_calibration_error, fit_calibration
     from .inference import predict_probabilities
 
     thresholds = load_thresholds()
     scores: dict[str, list[tuple[float, int]]] = {"nodule": [], "defect": [], "series": []}
     n = 0
-    for src in val_sources:
-        if src.get("type") != "phantom":
+    for series, truth in _calibration_cases(val_sources, prep.modality, thresholds, log):
+        if n >= max_series:
+            break
+        try:
+            probs = predict_probabilities(net, series, device, prep=prep)
+            found, series_p = extract_nodules(series, probs, calibration=None, thresholds=thresholds)
+        except BackmiceError as exc:
+            log(f"calibration: skipped a series: {exc.reason}")
             continue
-        root = Path(src["path"])
-        for gt in sorted(root.glob("*/ground_truth.json")) or [root / "ground_truth.json"]:
-            if not gt.is_file():
+        n += 1
+        for m in match_nodules(found, truth, series):
+            if m.pred is None or m.duplicate:
                 continue
-            for entry in json.loads(gt.read_text())["series"]:
-                if n >= max_series:
-                    break
-                try:
-                    series = load_series(gt.parent / entry["folder"])
-                    probs = predict_probabilities(net, series, device, prep=prep)
-                    found, series_p = extract_nodules(series, probs, calibration=None, thresholds=thresholds)
-                except BackmiceError as exc:
-                    log(f"calibration: skipped {gt.parent.name}/{entry['folder']}: {exc.reason}")
-                    continue
-                n += 1
-                truth = [t for t in entry.get("nodules", []) if t.get("visible", True)]
-                for m in match_nodules(found, truth, series):
-                    if m.pred is None or m.duplicate:
-                        continue
-                    scores["nodule"].append((found[m.pred].confidence, int(m.truth is not None)))
-                    if m.truth is not None:
-                        present = bool((truth[m.truth].get("defect") or {}).get("present", False))
-                        scores["defect"].append((found[m.pred].fascia_defect.probability, int(present)))
-                scores["series"].append((series_p, int(bool(truth))))
+            scores["nodule"].append((found[m.pred].confidence, int(m.truth is not None)))
+            if m.truth is not None:
+                present = bool((truth[m.truth].get("defect") or {}).get("present", False))
+                scores["defect"].append((found[m.pred].fascia_defect.probability, int(present)))
+        scores["series"].append((series_p, int(bool(truth))))
     params: dict[str, Any] = {}
     report: dict[str, Any] = {"series_used": n}
     for key, pairs in scores.items():
