@@ -20,10 +20,11 @@ Batch throughput is measured with :func:`~backmice_vision.batch.run_batch` on co
 series per worker (:func:`measure_batch`). Three runs: 1 worker with one torch thread, 2 workers (one
 thread each, as ``--workers 2`` shares the cores) and 1 worker with the default threads (all cores). The
 worker target compares like with like, 2 workers ÷ 1 worker at one thread per worker; 2 workers ÷ the
-all-cores single worker is printed beside it. The overhead target is checked twice for MR: one series on
-its own (latency) and per series inside the all-cores batch, where a series is written while the next is
-detected (throughput; :func:`~backmice_vision.batch.run_batch`). CLI start-up: ``backmice --help``
-and a bad argument, median of several subprocess runs.
+all-cores single worker is printed beside it, and so is what the machine itself allows: the same fixed
+single-thread work in one process and in two at once (:func:`measure_ceiling`). The overhead target is
+checked twice for MR: one series on its own (latency) and per series inside the all-cores batch, where a
+series is written while the next is detected (throughput; :func:`~backmice_vision.batch.run_batch`).
+CLI start-up: ``backmice --help`` and a bad argument, median of several subprocess runs.
 
 Speed and memory targets live only here (:data:`TARGETS`); results print as a table and can be written
 as JSON. Heavy packages (torch, monai) are imported inside functions only.
@@ -562,18 +563,62 @@ def measure_batch(input_dir: Path, workers: int, formats: list[str], threads: in
     return {"seconds": wall, "steady_series_per_s": steady, "done": done, "failed": len(report.failed)}
 
 
+def measure_compute(passes: int) -> dict[str, Any]:
+    """Fixed CPU work with one torch thread: ``passes`` forward passes of the shipped MR network on a
+    fixed batch of 8 tiles of 3 x 224 x 224 (the same work in every process; see :func:`measure_ceiling`)."""
+    import torch
+
+    from .model.detector import Detector
+
+    torch.set_num_threads(1)
+    net = Detector.from_pretrained(device="cpu").bundle_for("MR").network.eval()
+    x = torch.from_numpy(np.random.default_rng(0).random((8, 3, 224, 224), dtype=np.float32))
+    with torch.inference_mode():
+        net(x)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(passes):
+            net(x)
+    return {"seconds": time.perf_counter() - t0}
+
+
 # --------------------------------------------------------------------------------------------------
 # orchestration (parent process: no torch import)
 
 
+def _children(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run measurements in fresh interpreters at the same time; each result is its last stdout line."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "backmice_vision.benchmark", "--child", json.dumps(task)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for task in tasks
+    ]
+    outputs = [p.communicate() for p in procs]
+    results = []
+    for task, proc, (stdout, stderr) in zip(tasks, procs, outputs, strict=True):
+        if proc.returncode != 0:
+            tail = (stderr.strip().splitlines() or ["no output"])[-1]
+            raise BackmiceError(f"benchmark step {task['what']} failed (exit {proc.returncode}): {tail}")
+        results.append(dict(json.loads(stdout.strip().splitlines()[-1])))
+    return results
+
+
 def _child(task: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter; its result is the last stdout line (JSON)."""
-    cmd = [sys.executable, "-m", "backmice_vision.benchmark", "--child", json.dumps(task)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BackmiceError(f"benchmark step {task['what']} failed (exit {proc.returncode}): {tail}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    """Run one measurement in a fresh interpreter (see :func:`_children`)."""
+    return _children([task])[0]
+
+
+def measure_ceiling(passes: int) -> dict[str, float]:
+    """What two processes can gain on this machine: the same single-thread work (:func:`measure_compute`)
+    in one process, then in two at once; ``ratio`` = 2 x one process's time / the pair's mean time (2.0
+    on two free cores; less where the cores share execution units or other load runs)."""
+    task = {"what": "compute", "passes": passes}
+    alone = _child(task)["seconds"]
+    pair = [r["seconds"] for r in _children([task, task])]
+    return {"one_s": alone, "two_mean_s": statistics.mean(pair), "ratio": 2.0 * alone / statistics.mean(pair)}
 
 
 def _run_child_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -588,6 +633,8 @@ def _run_child_task(task: dict[str, Any]) -> dict[str, Any]:
             int(task["threads"]),
             str(task["reference_roi"]),
         )
+    if task["what"] == "compute":
+        return measure_compute(int(task["passes"]))
     return measure_batch(
         Path(task["folder"]), int(task["workers"]), list(task["formats"]), int(task.get("threads", 0))
     )
@@ -696,6 +743,9 @@ def run_benchmark(opts: BenchOptions, log: Any = None) -> dict[str, Any]:
         mr_base = results["series"]["mr"]["baseline_s"]
         per_series_s = 60.0 / batch["w1_steady_series_per_min"]
         batch["mr_overhead_ratio"] = per_series_s / (mr_base["pydicom_decode"] + mr_base["bare_forward"])
+        say("measuring what two processes gain on this machine ...")
+        ceiling = measure_ceiling(passes=4 if opts.worker_series <= 4 else 12)
+        batch["machine_ratio"] = ceiling["ratio"]
         results["workers"] = batch
     say("measuring CLI start-up ...")
     results["cli"] = measure_cli(opts.cli_runs)
@@ -730,6 +780,7 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
             "ratio",
             "ratio_vs_all_cores",
             "mr_overhead_ratio",
+            "machine_ratio",
         ):
             out[f"workers.{key}"] = w[key]
     out["cli.help_s"] = results["cli"]["help_s"]
@@ -817,6 +868,11 @@ def print_report(results: dict[str, Any], stream: Any = None) -> None:
         print(
             f"  2 workers / 1 worker (1 thread each): {w['wall_ratio']:.2f} wall, {w['ratio']:.2f} steady; "
             f"2 workers / 1 worker on all cores: {w['ratio_vs_all_cores']:.2f} steady",
+            file=out,
+        )
+        print(
+            f"  this machine: two single-thread processes of fixed work run {w['machine_ratio']:.2f} x "
+            "as fast as one (the most 2 workers can gain here)",
             file=out,
         )
         print(
