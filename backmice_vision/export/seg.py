@@ -207,8 +207,12 @@ def _build(result: DetectionResult, planes: np.ndarray, kwargs: dict[str, Any]) 
         pixel_array = _stored_order(result, sources, planes)
         if pixel_array.dtype != bool:  # highdicom takes fractions as floats in [0, 1] and rounds × max
             pixel_array = pixel_array.astype(np.float32) / np.float32(MAX_FRACTIONAL)
+        # empty frames are left out, unless all are empty (highdicom then keeps all, and says so on stderr)
         seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=pixel_array, omit_empty_frames=True, **kwargs
+            source_images=sources,
+            pixel_array=pixel_array,
+            omit_empty_frames=bool(pixel_array.any()),
+            **kwargs,
         )
     else:
         seg = _seg_without_frame_of_reference(result, sources, planes, kwargs)
