@@ -611,14 +611,18 @@ def _child(task: dict[str, Any]) -> dict[str, Any]:
     return _children([task])[0]
 
 
-def measure_ceiling(passes: int) -> dict[str, float]:
+def measure_ceiling(passes: int, rounds: int = 3) -> dict[str, float]:
     """What two processes can gain on this machine: the same single-thread work (:func:`measure_compute`)
-    in one process, then in two at once; ``ratio`` = 2 x one process's time / the pair's mean time (2.0
-    on two free cores; less where the cores share execution units or other load runs)."""
+    in one process, then in two at once, alternated ``rounds`` times (medians: shared machines drift);
+    ``ratio`` = 2 x one process's time / the pair's time (2.0 on two free cores; less where the cores share
+    execution units or other load runs)."""
     task = {"what": "compute", "passes": passes}
-    alone = _child(task)["seconds"]
-    pair = [r["seconds"] for r in _children([task, task])]
-    return {"one_s": alone, "two_mean_s": statistics.mean(pair), "ratio": 2.0 * alone / statistics.mean(pair)}
+    alone, pair = [], []
+    for _ in range(max(1, rounds)):
+        alone.append(_child(task)["seconds"])
+        pair.append(statistics.mean(r["seconds"] for r in _children([task, task])))
+    one, two = statistics.median(alone), statistics.median(pair)
+    return {"one_s": one, "two_mean_s": two, "ratio": 2.0 * one / two}
 
 
 def _run_child_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -744,7 +748,7 @@ def run_benchmark(opts: BenchOptions, log: Any = None) -> dict[str, Any]:
         per_series_s = 60.0 / batch["w1_steady_series_per_min"]
         batch["mr_overhead_ratio"] = per_series_s / (mr_base["pydicom_decode"] + mr_base["bare_forward"])
         say("measuring what two processes gain on this machine ...")
-        ceiling = measure_ceiling(passes=4 if opts.worker_series <= 4 else 12)
+        ceiling = measure_ceiling(passes=4, rounds=1) if opts.worker_series <= 4 else measure_ceiling(24)
         batch["machine_ratio"] = ceiling["ratio"]
         results["workers"] = batch
     say("measuring CLI start-up ...")
