@@ -402,17 +402,14 @@ def _calibration_cases(
     """``(series, ground-truth nodules)`` of every validation series: a phantom's ``ground_truth.json``
     (visible nodules), or for annotated DICOM / NIfTI the nodules of its label map
     (:func:`~backmice_vision.evaluation.truth_from_labels`). Series that cannot be read are logged."""
-    from ..evaluation import truth_from_labels
+    from ..evaluation import find_cases, read_ground_truth, truth_from_labels
     from ..io import load_series
     from .data import collect_items, load_item
 
     for src in val_sources:
         if src.get("type") == "phantom":
-            root = Path(src["path"])
-            for gt in sorted(root.glob("*/ground_truth.json")) or [root / "ground_truth.json"]:
-                if not gt.is_file():
-                    continue
-                for entry in json.loads(gt.read_text())["series"]:
+            for gt in find_cases([Path(src["path"])]):
+                for entry in read_ground_truth(gt)["series"]:
                     try:
                         series = load_series(gt.parent / entry["folder"])
                     except BackmiceError as exc:
