@@ -35,10 +35,12 @@ class LayeredBack:
     nodule 2 (oedematous) at x = -60, a cyst of radius 3 mm at x = 80, depth 6 mm (all at z = 0).
     """
 
-    nodules: list[_Nod] = field(default_factory=lambda: [
-        _Nod(1, (40.0, SKIN_Y - 15.0, 0.0), (6.0, 3.5, 4.0), defect_present=True),
-        _Nod(2, (-60.0, SKIN_Y - 15.0, 0.0), (6.0, 3.5, 4.0), variant="oedematous", side="right"),
-    ])
+    nodules: list[_Nod] = field(
+        default_factory=lambda: [
+            _Nod(1, (40.0, SKIN_Y - 15.0, 0.0), (6.0, 3.5, 4.0), defect_present=True),
+            _Nod(2, (-60.0, SKIN_Y - 15.0, 0.0), (6.0, 3.5, 4.0), variant="oedematous", side="right"),
+        ]
+    )
     capsule_mm: float = 0.3
 
     def skin_y(self, x: float, z: float) -> float:
@@ -49,8 +51,13 @@ class LayeredBack:
         d = SKIN_Y - y
         t = Tissue
         lab = np.full(d.shape, int(t.MUSCLE), np.uint8)
-        for lo, hi, tissue in [(0, 2, t.SKIN), (2, 10, t.SUPERFICIAL_FAT), (10, 10.5, t.SUPERFICIAL_FASCIA),
-                               (10.5, 20, t.DEEP_FAT), (20, 21.5, t.TLF)]:
+        for lo, hi, tissue in [
+            (0, 2, t.SKIN),
+            (2, 10, t.SUPERFICIAL_FAT),
+            (10, 10.5, t.SUPERFICIAL_FASCIA),
+            (10.5, 20, t.DEEP_FAT),
+            (20, 21.5, t.TLF),
+        ]:
             lab[(d >= lo) & (d < hi)] = tissue
         lab[(d >= 30) & (x > -30) & (x < 0)] = t.BONE
         lab[d < 0] = t.AIR
@@ -59,15 +66,20 @@ class LayeredBack:
             if nod.defect_present:  # stalk 5 mm wide (x), 5 mm long (z), through the TLF
                 c = nod.center_mm
                 lab[(np.abs(x - c[0]) < 2.5) & (np.abs(z - c[2]) < 2.5) & (d > 18) & (d < 23)] = t.STALK
-            r = np.sqrt(sum(((p - c) / s) ** 2 for p, c, s in zip((x, y, z), nod.center_mm, nod.semi_axes_mm,
-                                                                  strict=True)))
+            r = np.sqrt(
+                sum(
+                    ((p - c) / s) ** 2
+                    for p, c, s in zip((x, y, z), nod.center_mm, nod.semi_axes_mm, strict=True)
+                )
+            )
             lab[r < 1] = t.NODULE
             lab[(r < 1) & (r > 1 - self.capsule_mm / min(nod.semi_axes_mm))] = t.NODULE_CAPSULE
         return lab
 
 
-PROBE = us.ProbeSettings(frequency_mhz=15.0, depth_mm=40.0, width_mm=40.0, pixel_mm=0.08, tgc_error_db=0.0,
-                         tgc_alpha_db_cm_mhz=0.7)
+PROBE = us.ProbeSettings(
+    frequency_mhz=15.0, depth_mm=40.0, width_mm=40.0, pixel_mm=0.08, tgc_error_db=0.0, tgc_alpha_db_cm_mhz=0.7
+)
 NO_SEPTA = {"fat_septa_db": 0.0, "fat_alpha": 0.7, "deep_fat_db": 0.0}
 
 
@@ -75,11 +87,13 @@ def _plane(x: float, z: float = 0.0) -> us.ScanPlane:
     return us.ScanPlane((x, SKIN_Y, z))
 
 
-def _image(x: float, seed: int = 0, z: float = 0.0, probe: us.ProbeSettings = PROBE,
-           echo: dict | None = None) -> us.BModeImage:
+def _image(
+    x: float, seed: int = 0, z: float = 0.0, probe: us.ProbeSettings = PROBE, echo: dict | None = None
+) -> us.BModeImage:
     rng = np.random.default_rng(seed)
-    return us.simulate_bmode(LayeredBack(), _plane(x, z), probe, rng,
-                             echo=us.random_echo(rng, echo) if echo is not None else None)
+    return us.simulate_bmode(
+        LayeredBack(), _plane(x, z), probe, rng, echo=us.random_echo(rng, echo) if echo is not None else None
+    )
 
 
 def _rows(depth0: float, depth1: float, px: float = PROBE.pixel_mm) -> slice:
@@ -160,9 +174,11 @@ def test_posterior_enhancement_under_cyst():
     cols = img.image.shape[1]
     centre = cols // 2
     half = int(1.5 / PROBE.pixel_mm)
-    under = _log(img.envelope[_rows(12, 19), centre - half:centre + half]).mean()
-    beside = np.concatenate([img.envelope[_rows(12, 19), :centre - 4 * half],
-                             img.envelope[_rows(12, 19), centre + 4 * half:]], axis=1)
+    under = _log(img.envelope[_rows(12, 19), centre - half : centre + half]).mean()
+    beside = np.concatenate(
+        [img.envelope[_rows(12, 19), : centre - 4 * half], img.envelope[_rows(12, 19), centre + 4 * half :]],
+        axis=1,
+    )
     assert _log(img.envelope[img.labels == Tissue.CYST]).mean() < _log(beside).mean() - 10.0
     assert under > _log(beside).mean() + 1.5
 
@@ -202,8 +218,15 @@ def test_deterministic_for_a_seed():
 def test_cine_speckle_moves_with_the_tissue():
     probe = us.ProbeSettings(depth_mm=16.0, width_mm=30.0, pixel_mm=0.1, elevation_fwhm_mm=1.0)
     rng = np.random.default_rng(3)
-    frames = us.simulate_cine(LayeredBack(), _plane(-100.0), probe, rng, n_frames=20, sweep_mm=8.0,
-                              echo=us.random_echo(rng, NO_SEPTA))
+    frames = us.simulate_cine(
+        LayeredBack(),
+        _plane(-100.0),
+        probe,
+        rng,
+        n_frames=20,
+        sweep_mm=8.0,
+        echo=us.random_echo(rng, NO_SEPTA),
+    )
     assert len(frames) == 20
     z = [f.plane.center_mm[2] for f in frames]
     assert z[0] == pytest.approx(4.0) and z[-1] == pytest.approx(-4.0)  # normal of a +x / -y plane is -z
@@ -219,8 +242,16 @@ def test_cine_speckle_moves_with_the_tissue():
     assert not np.array_equal(frames[0].image, frames[1].image)
 
     rng = np.random.default_rng(4)
-    lateral = us.simulate_cine(LayeredBack(), _plane(-100.0), probe, rng, n_frames=3, sweep_mm=2.0,
-                               direction="lateral", echo=us.random_echo(rng, NO_SEPTA))
+    lateral = us.simulate_cine(
+        LayeredBack(),
+        _plane(-100.0),
+        probe,
+        rng,
+        n_frames=3,
+        sweep_mm=2.0,
+        direction="lateral",
+        echo=us.random_echo(rng, NO_SEPTA),
+    )
     shift = 10  # 1 mm per frame at 0.1 mm pixels: the same scatterers 10 columns to the left
     a = lateral[0].envelope[_rows(3, 9, 0.1), shift:]
     b = lateral[1].envelope[_rows(3, 9, 0.1), :-shift]
@@ -230,8 +261,11 @@ def test_cine_speckle_moves_with_the_tissue():
 def test_plan_planes_on_real_anatomy():
     from backmice_vision.phantoms.anatomy import AnatomyConfig, make_subject
 
-    subject = next(s for s in (make_subject(seed, AnatomyConfig(force_nodules=2)) for seed in range(11, 40))
-                   if not all(n.lobulated for n in s.nodules))
+    subject = next(
+        s
+        for s in (make_subject(seed, AnatomyConfig(force_nodules=2)) for seed in range(11, 40))
+        if not all(n.lobulated for n in s.nodules)
+    )
     rng = np.random.default_rng(0)
     planes = us.plan_planes(subject, rng, 8, p_on_nodule=1.0)
     assert all(p.target_nodule in {n.id for n in subject.nodules} for p in planes)
