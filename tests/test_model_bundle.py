@@ -96,6 +96,30 @@ def test_detector_on_a_bundle(tmp_path: Path) -> None:
     assert det.bundle_for("MR") is det.bundle_for("MR")  # loaded once
 
 
+def test_cpu_bundle_runs_channels_last_with_the_same_probabilities(tmp_path: Path) -> None:
+    """On the CPU the loaded network is NHWC (faster oneDNN convolutions); its probabilities equal those
+    of the same weights in the default NCHW layout."""
+    import copy
+
+    import torch
+
+    from backmice_vision.io import load_series
+    from backmice_vision.model.inference import predict_probabilities
+
+    series = load_series(write_mr_with_seg(tmp_path / "data")[0])
+    b = load_bundle(tiny_bundle(tmp_path / "m", seed=3), device="cpu")
+    convs = [p for p in b.network.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)
+    nchw = copy.deepcopy(b.network).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    assert all(p.is_contiguous() for p in nchw.parameters())
+    fast = predict_probabilities(b, series, "cpu")
+    plain = predict_probabilities(nchw, series, "cpu", prep=b.preprocessing)
+    assert fast.flags.c_contiguous and fast.dtype == np.float32
+    assert np.abs(fast - plain).max() < 1e-5
+    assert np.allclose(fast.sum(axis=0), 1.0, atol=1e-5)
+
+
 def test_detector_default_models_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backmice_vision.model.detector import Detector
 

@@ -220,6 +220,8 @@ def load_bundle(
         raise ModelError(f"model.pt does not fit the network ({first[:160]})", folder) from exc
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     net.to(dev).eval()
+    if dev.type == "cpu":  # oneDNN's NHWC convolutions: the forward pass ~30 % faster on CPU, same values
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # a kwarg the stubs lack
     return Bundle(folder, meta, net, prep)
 
 
