@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from export_factory import FLIPPED, OBLIQUE, make_result, mr, us
 
-from backmice_vision.export.seg import segment_masks, write_seg
+from backmice_vision.export.seg import build_seg, segment_labels, segment_masks, write_seg
 from backmice_vision.findings import nodule_full_mask
 from backmice_vision.labels import DEFECT
 
@@ -74,6 +74,7 @@ def test_seg_valid_and_pixel_aligned(tmp_path: Path, kind: str) -> None:
     import pydicom
 
     ds = pydicom.dcmread(path)
+    assert ds.SegmentsOverlap == "NO"  # nodules and the defect are disjoint classes
     src = series.datasets[0]
     assert ds.StudyInstanceUID == series.study_instance_uid
     assert ds.SeriesInstanceUID != series.series_instance_uid
@@ -209,3 +210,35 @@ def test_segprob_format_is_opt_in(tmp_path: Path) -> None:
     import json
 
     assert json.loads(written["json"][0].read_text())["outputs"]["segprob"] == ["seg_probability.dcm"]
+
+
+@pytest.mark.parametrize("kind", ["oblique", "us_cine"])
+def test_label_array_and_stacked_masks_give_the_same_seg(tmp_path: Path, kind: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """build_seg hands highdicom one label array when the segments are disjoint (fast); the frames and
+    pixels equal those built from the stacked masks, and overlapping segments fall back to the masks."""
+    import highdicom as hd
+
+    from backmice_vision.export import seg as seg_module
+
+    series = mr(tmp_path / "in", OBLIQUE) if kind == "oblique" else us(tmp_path / "in.dcm", 4)
+    result = make_result(series)
+    labels = segment_labels(result)
+    assert labels is not None
+    masks = segment_masks(result)
+    assert np.array_equal(labels[..., None] == np.arange(1, masks.shape[-1] + 1), masks)
+    uids = {"series_instance_uid": hd.UID(), "sop_instance_uid": hd.UID()}
+    fast = build_seg(result, **uids)
+    monkeypatch.setattr(seg_module, "segment_labels", lambda r: None)
+    slow = build_seg(result, **uids)
+    assert fast.PixelData == slow.PixelData and fast.NumberOfFrames == slow.NumberOfFrames
+    assert fast.PerFrameFunctionalGroupsSequence == slow.PerFrameFunctionalGroupsSequence
+    monkeypatch.undo()
+
+    nodule = result.nodules[0]
+    assert nodule.mask is not None
+    k0, i0, j0 = nodule.bbox[:3]
+    k, i, j = (int(v[0]) for v in np.nonzero(nodule.mask))
+    result.label_map[k0 + k, i0 + i, j0 + j] = DEFECT  # one pixel in the nodule and the defect
+    assert segment_labels(result) is None
+    overlapping = build_seg(result, **uids)
+    assert overlapping.SegmentsOverlap == "YES"
