@@ -269,7 +269,9 @@ def png_scale(shape: tuple[int, int]) -> int:
     return max(1, math.ceil(PNG_MIN_SIDE / max(shape)))
 
 
-def _write_png(array: np.ndarray, path: Path) -> Path:
+def write_png(array: np.ndarray, path: Path) -> Path:
+    """Encode uint8 RGB ``(rows, cols, 3)`` as PNG and write it atomically to ``path``. Pillow's zlib
+    releases the GIL, so PNGs can be written in a thread while other outputs are built."""
     from PIL import Image
 
     from .export.dicom_common import write_text_atomic
@@ -280,17 +282,39 @@ def _write_png(array: np.ndarray, path: Path) -> Path:
     return write_text_atomic(buf.getvalue(), path)
 
 
+def _drawn(
+    result: DetectionResult, k: int, scale: int, cache: dict[tuple[int, int], np.ndarray]
+) -> np.ndarray:
+    if (k, scale) not in cache:
+        cache[(k, scale)] = _draw(result, k, scale)
+    return cache[(k, scale)]
+
+
+def png_images(result: DetectionResult, *, tile: int = 384, columns: int = 3) -> list[tuple[str, np.ndarray]]:
+    """``(file name, uint8 RGB array)`` of every PNG: ``overlay_k<k>.png`` per :func:`overlay_frames` frame
+    (upscaled, see :func:`png_scale`), then ``montage.png`` (see :func:`save_montage`). Each frame is drawn
+    once; the montage reuses the overlays."""
+    scale = png_scale(result.series.shape[1:])
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    out = [(f"overlay_k{k:04d}.png", _drawn(result, k, scale, cache)) for k in overlay_frames(result)]
+    return [*out, ("montage.png", _montage(result, tile, columns, cache))]
+
+
 def save_overlays(result: DetectionResult, out_dir: str | Path) -> list[Path]:
     """One PNG per :func:`overlay_frames` frame, ``overlay_k<k>.png`` (upscaled, see :func:`png_scale`)."""
     out = Path(out_dir)
     scale = png_scale(result.series.shape[1:])
-    return [
-        _write_png(_draw(result, k, scale), out / f"overlay_k{k:04d}.png") for k in overlay_frames(result)
-    ]
+    return [write_png(_draw(result, k, scale), out / f"overlay_k{k:04d}.png") for k in overlay_frames(result)]
 
 
 def save_montage(result: DetectionResult, path: str | Path, *, tile: int = 384, columns: int = 3) -> Path:
     """A grid of the key frames (one per nodule; the middle frame when there is none), tiles ``tile`` px."""
+    return write_png(_montage(result, tile, columns, {}), Path(path))
+
+
+def _montage(
+    result: DetectionResult, tile: int, columns: int, cache: dict[tuple[int, int], np.ndarray]
+) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     frames = key_frames(result) or [result.series.shape[0] // 2]
@@ -301,8 +325,9 @@ def save_montage(result: DetectionResult, path: str | Path, *, tile: int = 384, 
     nrow = math.ceil(len(frames) / ncol)
     canvas = Image.new("RGB", (ncol * tw, nrow * th), BLACK)
     draw = ImageDraw.Draw(canvas)
+    scale = png_scale((rows, cols))
     for idx, k in enumerate(frames):
-        img = Image.fromarray(_draw(result, k, png_scale((rows, cols))), "RGB").resize(
+        img = Image.fromarray(_drawn(result, k, scale, cache), "RGB").resize(
             (tw, th), Image.Resampling.LANCZOS
         )
         x, y = (idx % ncol) * tw, (idx // ncol) * th
@@ -311,4 +336,4 @@ def save_montage(result: DetectionResult, path: str | Path, *, tile: int = 384, 
         caption += "" if result.nodules else ": no finding"
         size = max(10, tile // 28)
         _text(draw, (x + tw, y + th - size - 8), caption, size, WHITE, (x + tw, y + th))  # bottom right
-    return _write_png(np.asarray(canvas, dtype=np.uint8), Path(path))
+    return np.asarray(canvas, dtype=np.uint8)

@@ -15,6 +15,7 @@ Every file is written through a temporary file in ``out_dir`` and ``os.replace``
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,10 +51,28 @@ def save_result(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[Path]] = {f: [] for f in chosen}
-    if "png" in chosen:
-        from ..render import save_montage, save_overlays
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backmice-png") as encoder:
+        pngs = []
+        if "png" in chosen:
+            from ..render import png_images, write_png
 
-        written["png"] = [*save_overlays(result, out_dir), save_montage(result, out_dir / "montage.png")]
+            # drawn here (fonts stay in one thread), encoded in the other while the DICOM objects are built
+            pngs = [encoder.submit(write_png, array, out_dir / name) for name, array in png_images(result)]
+        _write_dicom(result, out_dir, chosen, written)
+        if "png" in chosen:
+            written["png"] = [f.result() for f in pngs]
+    if "json" in chosen:
+        from .report import write_report
+
+        others = {k: v for k, v in written.items() if k != "json"}
+        written["json"] = [write_report(result, out_dir / "report.json", others)]
+    return written
+
+
+def _write_dicom(
+    result: DetectionResult, out_dir: Path, chosen: list[str], written: dict[str, list[Path]]
+) -> None:
+    """The SEG, SR, probability SEG and Secondary Captures among ``chosen``, into ``written``."""
     if "seg" in chosen or "sr" in chosen:
         from .dicom_common import save_atomic
         from .seg import build_seg
@@ -72,9 +91,3 @@ def save_result(
         from .sc import write_sc
 
         written["sc"] = write_sc(result, out_dir)
-    if "json" in chosen:
-        from .report import write_report
-
-        others = {k: v for k, v in written.items() if k != "json"}
-        written["json"] = [write_report(result, out_dir / "report.json", others)]
-    return written
