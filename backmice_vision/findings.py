@@ -20,7 +20,7 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       at depth ``region.depth_offset_mm`` below the transducer face, so the top edge of row ``r`` is at
       ``depth_offset_mm + (r - row0) * dy``. MR: the shortest way to the skin going posterior (+y, the
       needle's way): from every boundary voxel of the nodule, the distance along +y to the first sample
-      outside the body mask (:func:`body_mask`; the skin sits halfway between the last body sample and
+      outside the body mask (:class:`BodyMask`; the skin sits halfway between the last body sample and
       it), less the way from the voxel centre to its face along +y; ``None`` when no ray meets the skin
       inside the stack (a small field of view that crops the skin off gives no depth, not one to its edge).
     * ``fascia_depth_mm``: depth of the first fascia voxel (probability ≥ 0.5) met going deeper from the
@@ -181,29 +181,42 @@ def plausible_size(diameters_mm: tuple[float, ...], thresholds: dict[str, float]
     return len(diameters_mm) < 2 or longest <= thresholds["max_aspect"] * diameters_mm[1]
 
 
-def body_mask(pixels: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
-    """Bool ``(n, rows, cols)`` body mask of an MR stack.
+class BodyMask:
+    """Bool body mask of an MR stack ``(n, rows, cols)``, computed slice by slice when first indexed.
 
     Per slice: intensity above 10 % of the 99th percentile of the stack, united with voxels the model calls
     tissue (background probability < 0.5, which keeps fat-suppressed fat inside the body), holes filled,
-    largest 8-connected component kept.
+    largest 8-connected component kept. Indexed like an array with integer index arrays ``(k, i, j)``;
+    only the slices a query touches are computed (the depth rays of a few nodules cross a few slices).
     """
-    from scipy import ndimage
 
-    thr = 0.1 * float(np.percentile(pixels[:, ::2, ::2], 99))
-    out = np.zeros(pixels.shape, dtype=bool)
-    for k in range(pixels.shape[0]):
-        m = pixels[k] > thr
-        if probabilities is not None:
-            m |= probabilities[BACKGROUND, k] < 0.5
+    def __init__(self, pixels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
+        self.shape: tuple[int, ...] = tuple(pixels.shape)
+        self._pixels, self._probabilities = pixels, probabilities
+        self._threshold = 0.1 * float(np.percentile(pixels[:, ::2, ::2], 99))
+        self._mask = np.zeros(pixels.shape, dtype=bool)
+        self._done = np.zeros(pixels.shape[0], dtype=bool)
+
+    def __getitem__(self, index: tuple[np.ndarray, ...]) -> np.ndarray:
+        ks = np.unique(np.asarray(index[0], dtype=np.intp))
+        for k in ks[~self._done[ks]]:
+            self._mask[k] = self._slice(int(k))
+            self._done[k] = True
+        return self._mask[index]
+
+    def _slice(self, k: int) -> np.ndarray:
+        from scipy import ndimage
+
+        m = self._pixels[k] > self._threshold
+        if self._probabilities is not None:
+            m |= self._probabilities[BACKGROUND, k] < 0.5
         m = ndimage.binary_fill_holes(m)
         lab, n = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
         if n > 1:
             sizes = np.bincount(lab.ravel())
             sizes[0] = 0
             m = lab == int(np.argmax(sizes))
-        out[k] = m
-    return out
+        return np.asarray(m, dtype=bool)
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
@@ -320,7 +333,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
     affine = None if series.affine is None else np.asarray(series.affine, dtype=np.float64)
     spacing = None if lin is None else tuple(float(v) for v in np.linalg.norm(lin, axis=0))
     voxel_mm3 = None if lin is None else abs(float(np.linalg.det(lin)))
-    body = body_mask(series.pixels, probs) if lin is not None else None
+    body = BodyMask(series.pixels, probs) if lin is not None else None
     out = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -399,7 +412,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
 
 
 def _posterior_skin_distance(
-    affine: np.ndarray, points_mm: np.ndarray, body: np.ndarray, step_mm: float
+    affine: np.ndarray, points_mm: np.ndarray, body: BodyMask, step_mm: float
 ) -> np.ndarray:
     """Distance (mm) along +y from each of ``points_mm`` (M, 3) LPS to the skin, NaN where none is met.
 
@@ -420,7 +433,7 @@ def _posterior_skin_distance(
 
 
 def _mr_line_search(
-    affine: np.ndarray, centre_mm: np.ndarray, body: np.ndarray, fascia_p: np.ndarray, step_mm: float
+    affine: np.ndarray, centre_mm: np.ndarray, body: BodyMask, fascia_p: np.ndarray, step_mm: float
 ) -> tuple[NeedleTarget | None, float | None]:
     """Walk +y (posterior) from the centre to the skin and −y to the first fascia voxel."""
     inv = np.linalg.inv(affine)

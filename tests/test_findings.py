@@ -10,6 +10,7 @@ import pytest
 from backmice_vision.errors import ConfigError, ModelError
 from backmice_vision.findings import (
     DEFAULT_THRESHOLDS,
+    BodyMask,
     extract_nodules,
     label_tracks,
     load_thresholds,
@@ -88,6 +89,27 @@ FLIPPED = _affine([[0, 0, -4.0], [0, 0.8, 0], [-0.8, 0, 0]], [50.0, -20.0, 30.0]
 def _rot_x(deg: float) -> np.ndarray:
     c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def test_body_mask_computes_only_the_slices_it_is_asked_about():
+    """Holes filled, the largest component kept, the model's tissue united; slices computed on demand."""
+    pixels = np.zeros(SHAPE_MR, dtype=np.float32)
+    pixels[:, 5:50, 5:60] = 100.0
+    pixels[:, 20:25, 20:25] = 0.0  # a hole (dark fat-suppressed tissue): filled
+    pixels[:, 55:60, 2:4] = 100.0  # a separate blob (an arm, a marker): dropped
+    p = _probs(SHAPE_MR, pixels > 0)
+    p[BACKGROUND, 3, 50:53, 10:20], p[FAT, 3, 50:53, 10:20] = 0.0, 1.0  # tissue by the model only, slice 3
+    body = BodyMask(pixels, p)
+    ks, iis, js = np.array([3, 3, 3, 3, 7]), np.array([22, 51, 57, 0, 22]), np.array([22, 15, 3, 0, 22])
+    assert body[(ks, iis, js)].tolist() == [True, True, False, False, True]
+    assert np.flatnonzero(body._done).tolist() == [3, 7]
+    every = body[(np.arange(SHAPE_MR[0]),)]
+    assert every.shape == SHAPE_MR and body._done.all()
+    expected = np.zeros(SHAPE_MR[1:], dtype=bool)
+    expected[5:50, 5:60] = True
+    assert np.array_equal(every[0], expected)
+    expected[50:53, 10:20] = True
+    assert np.array_equal(every[3], expected)
 
 
 def test_mr_flipped_affine_measurements_match_hand_computation():
