@@ -236,12 +236,7 @@ def _build(result: DetectionResult, planes: np.ndarray, kwargs: dict[str, Any]) 
             **kwargs,
         )
     else:
-        if planes.ndim == 3:
-            numbers = np.arange(1, len(kwargs["segment_descriptions"]) + 1, dtype=planes.dtype)
-            planes = planes[..., None] == numbers
         seg = _seg_without_frame_of_reference(result, sources, planes, kwargs)
-        if planes.dtype == bool:  # the one-frame template highdicom built had every segment everywhere
-            seg.SegmentsOverlap = "YES" if (np.count_nonzero(planes, axis=-1) > 1).any() else "NO"
     add_provenance(seg, result)
     return seg
 
@@ -261,8 +256,9 @@ def _stored_order(result: DetectionResult, sources: list[Dataset], masks: np.nda
 
 
 def _seg_without_frame_of_reference(
-    result: DetectionResult, sources: list[Dataset], masks: np.ndarray, kwargs: dict[str, Any]
+    result: DetectionResult, sources: list[Dataset], planes: np.ndarray, kwargs: dict[str, Any]
 ) -> Any:
+    """``planes`` as in :func:`_build`; a label array is read one frame and segment at a time."""
     import highdicom as hd
     from pydicom.dataset import Dataset as DicomDataset
     from pydicom.pixels import pack_bits
@@ -273,21 +269,26 @@ def _seg_without_frame_of_reference(
         if elem.keyword not in ("PixelData", "NumberOfFrames"):
             template_src.add(copy.deepcopy(elem))
     template_src.SOPClassUID = US_IMAGE_STORAGE
-    n_seg = masks.shape[-1]
-    binary = masks.dtype == bool
-    first = np.ones((1, *masks.shape[1:3], n_seg), dtype=bool if binary else np.float32)
+    n_seg = len(kwargs["segment_descriptions"])
+    labels = planes.ndim == 3
+    binary = labels or planes.dtype == bool
+
+    def plane_of(k: int, s: int) -> np.ndarray:
+        return planes[k] == s + 1 if labels else planes[k, ..., s]
+
+    first = np.ones((1, *planes.shape[1:3], n_seg), dtype=bool if binary else np.float32)
     seg = hd.seg.Segmentation(
         source_images=[template_src], pixel_array=first, omit_empty_frames=False, **kwargs
     )
     template = list(seg.PerFrameFunctionalGroupsSequence)
     items: list[DicomDataset] = []
-    planes: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
     for k, frame in enumerate(result.series.sources):
         src = by_uid[frame.sop_instance_uid]
         multiframe = int(src.get("NumberOfFrames", 1) or 1) > 1
         for s in range(n_seg):
-            plane = masks[k, ..., s]
-            if not plane.any() and (planes or k < len(result.series.sources) - 1 or s < n_seg - 1):
+            plane = plane_of(k, s)
+            if not plane.any() and (kept or k < len(result.series.sources) - 1 or s < n_seg - 1):
                 continue  # an all-empty result keeps its very last (defect) plane: a SEG needs a frame
             item = copy.deepcopy(template[s])
             ref = item.DerivationImageSequence[0].SourceImageSequence[0]
@@ -296,7 +297,7 @@ def _seg_without_frame_of_reference(
             if multiframe:
                 ref.ReferencedFrameNumber = frame.frame_number
             items.append(item)
-            planes.append(plane)
+            kept.append(plane)
     refs = []
     for ds in sources:
         ref = DicomDataset()
@@ -307,7 +308,10 @@ def _seg_without_frame_of_reference(
     seg.PerFrameFunctionalGroupsSequence = items
     seg.PatientOrientation = sources[0].get("PatientOrientation", "")  # Type 2C without a frame of reference
     seg.NumberOfFrames = len(items)
-    seg.PixelData = pack_bits(np.stack(planes)) if binary else np.stack(planes).tobytes()
+    seg.PixelData = pack_bits(np.stack(kept)) if binary else np.stack(kept).tobytes()
+    if binary:  # highdicom's one-frame template had every segment everywhere
+        overlap = not labels and bool((planes.sum(axis=-1, dtype=np.uint16) > 1).any())
+        seg.SegmentsOverlap = "YES" if overlap else "NO"
     return seg
 
 
