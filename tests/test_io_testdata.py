@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
+from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
 from backmice_vision.errors import BackmiceError, InvalidDicom
 from backmice_vision.io import load_series
@@ -65,17 +66,20 @@ def test_loads_with_header_geometry(path: str) -> None:
         for reg, item in zip(s.regions, tissue, strict=False):
             assert reg.spacing_mm == pytest.approx((item.PhysicalDeltaY * 10, item.PhysicalDeltaX * 10))
             assert reg.box[:2] == (item.RegionLocationMinY0, item.RegionLocationMinX0)
+        lossy = ds.file_meta.TransferSyntaxUID in (JPEGBaseline8Bit, JPEGExtended12Bit)
         if colour and ds.PhotometricInterpretation in ("YBR_FULL", "YBR_FULL_422"):
-            # the luma is the stored Y channel (RGB rounding and clipping do not touch it)
-            y = pydicom.pixels.pixel_array(ds, as_rgb=False)[..., 0]
-            np.testing.assert_array_equal(s.pixels, y.reshape(s.pixels.shape).astype(np.float32))
+            # the luma is the stored Y channel (RGB rounding and clipping do not touch it); lossy JPEG
+            # decoders (libjpeg-turbo here, pydicom's default pylibjpeg there) may differ by 1 (IDCT)
+            y = pydicom.pixels.pixel_array(ds, as_rgb=False)[..., 0].reshape(s.pixels.shape)
+            assert np.abs(s.pixels - y.astype(np.float32)).max() <= (1.0 if lossy else 0.0)
         elif colour:
             luma = s.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
             np.testing.assert_allclose(s.pixels, luma, atol=1e-3)
         if colour and ds.PhotometricInterpretation != "PALETTE COLOR":
-            # rgb agrees with pydicom's own RGB decode (YBR converted)
+            # rgb agrees with pydicom's own RGB decode (YBR converted; a lossy JPEG's chroma may differ
+            # by up to 3 between IDCTs, a wrong conversion by tens)
             ref = ds.pixel_array.reshape(s.rgb.shape)
-            assert np.abs(ref.astype(int) - s.rgb).max() <= 1
+            assert np.abs(ref.astype(int) - s.rgb).max() <= (4 if lossy else 1)
 
 
 def test_palette_example_region(pydicom_testfile) -> None:

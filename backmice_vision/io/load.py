@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.uid import RLELossless
+from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless
 
 from ..errors import BackmiceError, InconsistentSeries, InvalidDicom, UnsupportedSeries
 from ..types import FrameSource, ImageSeries, SeriesRef
@@ -20,9 +20,15 @@ from .reader import ANALYSED_MODALITIES, Instance, group_instances, guarded, rea
 from .us import YBR_FULL, is_colour, luma, plan_us, to_rgb8, ybr_full_to_rgb8
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
-# Decoder plugins tried in order ("" = every installed plugin in pydicom's order): pylibjpeg is the
-# fastest for JPEG; RLE uses pydicom's own decoder (pylibjpeg-rle panics on some damaged data).
-_PLUGINS: dict[str, tuple[str, ...]] = {RLELossless: ("pydicom",)}
+# Decoder plugins tried in order ("" = every installed plugin in pydicom's order). 8-bit lossy JPEG:
+# Pillow (libjpeg-turbo) first, 3.7x faster than pylibjpeg on a 30-frame 600 x 800 YBR_FULL_422 cine
+# (0.08 vs 0.30 s; the IDCTs differ by at most 1 in Y, 3 in chroma); 12-bit JPEG falls through to
+# pylibjpeg. RLE uses pydicom's own decoder (pylibjpeg-rle panics on some damaged data).
+_PLUGINS: dict[str, tuple[str, ...]] = {
+    RLELossless: ("pydicom",),
+    JPEGBaseline8Bit: ("pillow", "pylibjpeg", ""),
+    JPEGExtended12Bit: ("pillow", "pylibjpeg", ""),
+}
 _COMPRESSED_PLUGINS = ("pylibjpeg", "")
 _HEADER_KEYS = (
     "Modality", "Manufacturer", "ManufacturerModelName", "SeriesDescription", "SeriesNumber",
