@@ -84,13 +84,15 @@ def test_quick_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     figures = results["figures"]
     expected = {f"{kind}.{name}" for kind in benchmark.SERIES_KINDS for name in EXPECTED_SERIES_FIGURES}
     rates = ("series_per_min", "steady_series_per_min")
-    expected |= {f"workers.{r}_{k}" for r in ("w1t1", "w2", "w1") for k in rates}
+    expected |= {f"workers.{r}_{k}" for r in ("w1t1", "w2", "w1") for k in (*rates, "cores_busy")}
     ratios = ("wall_ratio", "ratio", "ratio_vs_all_cores", "mr_overhead_ratio", "machine_ratio")
     expected |= {f"workers.{r}" for r in ratios}
     expected |= {"cli.help_s", "cli.bad_arg_s"}
     assert set(figures) == expected
     bad = {k: v for k, v in figures.items() if not (math.isfinite(v) and v > 0)}
     assert not bad
+    # CPU seconds include the worker processes (joined children; the parent alone stays near 0.1 core)
+    assert 0.5 < figures["workers.w2_cores_busy"] <= 1.1 * results["machine"]["cores"]
     assert results["series"]["mr"]["shape"] == [20, 384, 384]
     assert results["series"]["us_cine"]["shape"] == [30, 600, 800]
     assert results["series"]["us_single"]["shape"] == [1, 600, 800]
