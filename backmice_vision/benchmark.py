@@ -17,14 +17,15 @@ would (``LoadImage(PydicomReader)``, percentile scaling, resampling to the bundl
 :func:`~backmice_vision.findings.extract_nodules` so the findings can be compared (:func:`compare_findings`).
 Batch throughput is measured with :func:`~backmice_vision.batch.run_batch` on copies of the MR series
 (distinct UIDs), each run in a fresh subprocess: wall clock, and the steady-state rate after the first
-series per worker (:func:`measure_batch`). Three runs: 1 worker with one torch thread, 2 workers (one
-thread each, as ``--workers 2`` shares the cores) and 1 worker with the default threads (all cores). The
-worker target compares like with like, 2 workers ÷ 1 worker at one thread per worker; 2 workers ÷ the
-all-cores single worker is printed beside it, and so is what the machine itself allows: the same fixed
-single-thread work in one process and in two at once (:func:`measure_ceiling`), and every batch run
-reports the cores it kept busy (CPU seconds of the process and its joined workers / wall seconds): the
+series per worker (:func:`measure_batch`). Four runs (:data:`BATCH_RUNS`): 1 worker with one torch
+thread, 2 workers (one thread each, as ``--workers 2`` shares the cores), 1 worker with the default
+threads (all cores), and the series one after the other in one process with one thread, no overlap (what
+each of the 2 workers does). The worker target compares 2 workers ÷ 1 worker at one thread per worker;
+beside it are 2 workers ÷ the all-cores worker, 2 workers ÷ the sequential run, what the machine itself
+allows (the same fixed single-thread work in one process and in two at once, :func:`measure_ceiling`) and
+the cores each run kept busy (CPU seconds of the process and its joined workers / wall seconds): the
 single worker overlaps writing series ``n`` with detecting ``n + 1``
-(:func:`~backmice_vision.batch.run_batch`) and so already uses more than one core, which bounds what a
+(:func:`~backmice_vision.batch.run_batch`), so it already uses more than one core, which bounds what a
 second worker adds. The overhead target is
 checked twice for MR: one series on its own (latency) and per series inside the all-cores batch, where a
 series is written while the next is detected (throughput; :func:`~backmice_vision.batch.run_batch`).
@@ -67,6 +68,15 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "mr_peak_rss_gb": ("<", 1.5, "peak RSS of the MR series (GB)"),
     "cli_help_s": ("<", 1.0, "cold `backmice --help` (s)"),
     "cli_bad_arg_s": ("<", 1.0, "cold `backmice` with a bad argument (s)"),
+}
+
+# Throughput runs: (name, workers, torch threads (0 = default), one series after the other without run_batch)
+BATCH_RUNS = (("w1t1", 1, 1, False), ("w2", 2, 0, False), ("w1", 1, 0, False), ("seq", 1, 1, True))
+BATCH_LABELS = {
+    "w1t1": "1 worker, 1 thread",
+    "w2": "2 workers, 1 thread each",
+    "w1": "1 worker, all cores",
+    "seq": "one series after the other, 1 thread",
 }
 
 # Simulation parameters of the benchmark inputs (fixed: the figures must be comparable between runs).
@@ -536,12 +546,16 @@ def measure_series(
     }
 
 
-def measure_batch(input_dir: Path, workers: int, formats: list[str], threads: int = 0) -> dict[str, Any]:
+def measure_batch(
+    input_dir: Path, workers: int, formats: list[str], threads: int = 0, sequential: bool = False
+) -> dict[str, Any]:
     """:func:`run_batch` on ``input_dir`` (``threads`` > 0: torch threads of a single in-process worker):
     wall seconds (start-up and model loading included) and the
     steady-state rate after the first round, ``(n - workers) / (t_n - t_workers)`` series per second from
-    the completion times (the first ``workers`` completions carry process start-up and model loading)."""
-    from .batch import SeriesOutcome, run_batch
+    the completion times (the first ``workers`` completions carry process start-up and model loading).
+    ``sequential``: instead of run_batch, :func:`~backmice_vision.batch.process_job` on one series after
+    the other in this process (no overlap of writing and detecting: what one worker process does)."""
+    from .batch import SeriesOutcome, model_tag, plan_jobs, process_job, run_batch
 
     if threads > 0 and workers == 1:
         import torch
@@ -555,22 +569,36 @@ def measure_batch(input_dir: Path, workers: int, formats: list[str], threads: in
     out = Path(tempfile.mkdtemp(prefix="backmice_bench_batch_"))
     try:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()
-        report = run_batch(
-            input_dir, out, workers=workers, formats=formats, device="cpu", progress="quiet", on_outcome=stamp
-        )
+        if sequential:
+            jobs, _ = plan_jobs(input_dir)
+            tag = model_tag(None)
+            outcomes = []
+            for job in jobs:
+                outcomes.append(process_job(job, str(out), formats, None, "cpu", tag))
+                stamp(outcomes[-1])
+        else:
+            outcomes = run_batch(
+                input_dir,
+                out,
+                workers=workers,
+                formats=formats,
+                device="cpu",
+                progress="quiet",
+                on_outcome=stamp,
+            ).outcomes
         wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     finally:
         shutil.rmtree(out, ignore_errors=True)
     n = len(done_at)
     steady = (n - workers) / (done_at[-1] - done_at[workers - 1]) if n > workers else float("nan")
-    done = sum(o.status == "done" for o in report.outcomes)
+    done = sum(o.status == "done" for o in outcomes)
     return {
         "seconds": wall,
         "cpu_s": cpu,
         "cores_busy": cpu / wall,
         "steady_series_per_s": steady,
         "done": done,
-        "failed": len(report.failed),
+        "failed": sum(o.status == "failed" for o in outcomes),
     }
 
 
@@ -657,7 +685,11 @@ def _run_child_task(task: dict[str, Any]) -> dict[str, Any]:
     if task["what"] == "compute":
         return measure_compute(int(task["passes"]))
     return measure_batch(
-        Path(task["folder"]), int(task["workers"]), list(task["formats"]), int(task.get("threads", 0))
+        Path(task["folder"]),
+        int(task["workers"]),
+        list(task["formats"]),
+        int(task.get("threads", 0)),
+        bool(task.get("sequential", False)),
     )
 
 
@@ -739,13 +771,14 @@ def run_benchmark(opts: BenchOptions, log: Any = None) -> dict[str, Any]:
         results["series"][kind] = _child(task)
     if not opts.skip_workers:
         batch: dict[str, Any] = {"series": opts.worker_series}
-        for name, workers, threads in (("w1t1", 1, 1), ("w2", 2, 0), ("w1", 1, 0)):
-            say(f"measuring batch throughput, {workers} worker(s), {threads or 'default'} thread(s) ...")
+        for name, workers, threads, sequential in BATCH_RUNS:
+            say(f"measuring batch throughput: {BATCH_LABELS[name]} ...")
             task = {
                 "what": "batch",
                 "folder": str(paths["batch"]),
                 "workers": workers,
                 "threads": threads,
+                "sequential": sequential,
                 "formats": list(opts.formats),
             }
             got = _child(task)
@@ -761,6 +794,7 @@ def run_benchmark(opts: BenchOptions, log: Any = None) -> dict[str, Any]:
         batch["wall_ratio"] = batch["w2_series_per_min"] / batch["w1t1_series_per_min"]
         batch["ratio"] = batch["w2_steady_series_per_min"] / batch["w1t1_steady_series_per_min"]
         batch["ratio_vs_all_cores"] = batch["w2_steady_series_per_min"] / batch["w1_steady_series_per_min"]
+        batch["ratio_vs_sequential"] = batch["w2_steady_series_per_min"] / batch["seq_steady_series_per_min"]
         # the same MR series end to end inside a batch (1 worker, all cores: writing overlaps the next series)
         mr_base = results["series"]["mr"]["baseline_s"]
         per_series_s = 60.0 / batch["w1_steady_series_per_min"]
@@ -791,19 +825,14 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         out[f"{kind}.reference_ratio"] = r["reference_ratio"]
     if "workers" in results:
         w = results["workers"]
+        for name in BATCH_LABELS:
+            for key in ("series_per_min", "steady_series_per_min", "cores_busy"):
+                out[f"workers.{name}_{key}"] = w[f"{name}_{key}"]
         for key in (
-            "w1t1_series_per_min",
-            "w2_series_per_min",
-            "w1t1_cores_busy",
-            "w2_cores_busy",
-            "w1_cores_busy",
-            "w1_series_per_min",
             "wall_ratio",
-            "w1t1_steady_series_per_min",
-            "w2_steady_series_per_min",
-            "w1_steady_series_per_min",
             "ratio",
             "ratio_vs_all_cores",
+            "ratio_vs_sequential",
             "mr_overhead_ratio",
             "machine_ratio",
         ):
@@ -881,19 +910,16 @@ def print_report(results: dict[str, Any], stream: Any = None) -> None:
             "and cores busy (CPU seconds / wall seconds, start-up included):",
             file=out,
         )
-        for name, label in (
-            ("w1t1", "1 worker, 1 thread"),
-            ("w2", "2 workers, 1 thread each"),
-            ("w1", "1 worker, all cores"),
-        ):
+        for name, label in BATCH_LABELS.items():
             print(
-                f"  {label:26s} {w[f'{name}_series_per_min']:6.1f} ({w[f'{name}_s']:.1f} s) ... "
+                f"  {label:34s} {w[f'{name}_series_per_min']:6.1f} ({w[f'{name}_s']:.1f} s) ... "
                 f"{w[f'{name}_steady_series_per_min']:6.1f}   {w[f'{name}_cores_busy']:.2f} cores",
                 file=out,
             )
         print(
             f"  2 workers / 1 worker (1 thread each): {w['wall_ratio']:.2f} wall, {w['ratio']:.2f} steady; "
-            f"2 workers / 1 worker on all cores: {w['ratio_vs_all_cores']:.2f} steady",
+            f"2 workers / 1 worker on all cores: {w['ratio_vs_all_cores']:.2f} steady; "
+            f"2 workers / one series after the other: {w['ratio_vs_sequential']:.2f} steady",
             file=out,
         )
         print(

@@ -84,8 +84,9 @@ def test_quick_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     figures = results["figures"]
     expected = {f"{kind}.{name}" for kind in benchmark.SERIES_KINDS for name in EXPECTED_SERIES_FIGURES}
     rates = ("series_per_min", "steady_series_per_min")
-    expected |= {f"workers.{r}_{k}" for r in ("w1t1", "w2", "w1") for k in (*rates, "cores_busy")}
-    ratios = ("wall_ratio", "ratio", "ratio_vs_all_cores", "mr_overhead_ratio", "machine_ratio")
+    expected |= {f"workers.{r}_{k}" for r in benchmark.BATCH_LABELS for k in (*rates, "cores_busy")}
+    ratios = ("wall_ratio", "ratio", "ratio_vs_all_cores", "ratio_vs_sequential", "mr_overhead_ratio")
+    ratios += ("machine_ratio",)
     expected |= {f"workers.{r}" for r in ratios}
     expected |= {"cli.help_s", "cli.bad_arg_s"}
     assert set(figures) == expected
