@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BackmiceError
+from .errors import BackmiceError, ConfigError
 
 MANIFEST = "manifest.jsonl"
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -256,14 +256,28 @@ def _run_local(
     device: str,
     tag: str,
     workers: int,
+    threads: int | None = None,
 ) -> Iterator[SeriesOutcome]:
+    """``workers`` processes with ``threads`` torch threads each (default: the cores shared out), or with
+    one worker, this process (``threads`` given: set for torch; the default keeps torch's own)."""
+    from .model.inference import usable_cores
+
+    cores = usable_cores()
     if workers <= 1:
-        yield from _pipelined(jobs, str(out_dir), formats, model, device, tag)
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        if torch.get_num_threads() < cores:  # a core is free: write series n there while n + 1 is detected
+            yield from _pipelined(jobs, str(out_dir), formats, model, device, tag)
+        else:  # writing beside an all-cores forward pass slows it more than the overlap gains
+            for job in jobs:
+                yield process_job(job, str(out_dir), formats, model, device, tag)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, cores // workers)
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=mp.get_context("spawn"),
@@ -281,8 +295,10 @@ def _pipelined(
     """In this process: series ``n + 1`` is decoded and detected in a thread while series ``n`` is written.
 
     Writing (highdicom, PNG encoding), decoding and post-processing are mostly single-threaded; the
-    overlap fills the core they leave idle. Each outcome is yielded as soon as its outputs are written
-    (so it enters the manifest at once); at most two results are alive at a time.
+    overlap fills a core the forward pass leaves idle (used when torch runs on fewer threads than there
+    are cores; measured on 2 cores, 20-slice MR: 1 torch thread 72 -> 85 series/min, while 2 threads
+    sequential give 104 and overlapped only 93-97). Each outcome is yielded as soon as its outputs are
+    written (so it enters the manifest at once); at most two results are alive at a time.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -375,6 +391,7 @@ def run_batch(
     out_dir: Path,
     *,
     workers: int = 1,
+    threads: int | None = None,
     resume: bool = False,
     engine: str = "local",
     scheduler: str | None = None,
@@ -384,7 +401,14 @@ def run_batch(
     progress: str = "bar",
     on_outcome: Callable[[SeriesOutcome], None] | None = None,
 ) -> BatchReport:
-    """Run detection on every series under ``input_dir``; see the module docstring for the layout."""
+    """Run detection on every series under ``input_dir``; see the module docstring for the layout.
+
+    Local engine: ``workers`` processes with ``threads`` torch threads each (default: the usable cores
+    shared out); one worker runs in this process and overlaps writing with detecting when torch leaves a
+    core free (see :func:`_pipelined`). Dask engine: one task per series, one thread per Dask worker.
+    """
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ConfigError(f"workers and threads must be at least 1 (got {workers} and {threads})")
     start = time.perf_counter()
     jobs, unreadable = plan_jobs(input_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -409,7 +433,7 @@ def run_batch(
         todo.append(job)
     bar = Progress(len(todo), progress)
     if engine == "local":
-        stream = _run_local(todo, out_dir, formats, model, device, tag, workers)
+        stream = _run_local(todo, out_dir, formats, model, device, tag, workers, threads)
     elif engine == "dask":
         stream = _run_dask(todo, out_dir, formats, model, device, tag, workers, scheduler)
     else:

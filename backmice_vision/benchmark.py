@@ -723,10 +723,9 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    from .model.inference import usable_cores
+
+    cores = usable_cores()
     return {
         "cpu": model or platform.processor() or "unknown",
         "cores": cores,

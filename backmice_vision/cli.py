@@ -74,6 +74,7 @@ def _batch(ns: argparse.Namespace) -> int:
         ns.input_dir,
         ns.out,
         workers=ns.workers,
+        threads=ns.threads or None,
         resume=ns.resume,
         engine=ns.engine,
         scheduler=ns.scheduler,
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input_dir", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model once)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads per worker (default: the cores shared out)"
+    )
     p.add_argument("--resume", action="store_true", help="skip series finished with the same inputs")
     p.add_argument("--engine", choices=["local", "dask"], default="local")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster on 127.0.0.1)")

@@ -86,6 +86,43 @@ def test_a_series_whose_outputs_cannot_be_written_fails_alone(
 
 
 @pytest.mark.slow
+def test_every_local_mode_gives_the_same_results(
+    archive: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker overlapping writing with detecting (a core left free), one worker series after series
+    (torch on every core), and two worker processes: the same outcomes, outputs and findings."""
+    import torch
+
+    from backmice_vision.model import inference
+
+    root, bundle = archive
+    threads = torch.get_num_threads()
+    runs = {}
+    try:
+        for name, cores, workers in (("overlapped", 64, 1), ("sequential", 1, 1), ("processes", 64, 2)):
+            monkeypatch.setattr(inference, "usable_cores", lambda cores=cores: cores)
+            runs[name] = run_batch(
+                root,
+                tmp_path / name,
+                model=str(bundle),
+                device="cpu",
+                progress="quiet",
+                formats=["json", "seg"],
+                workers=workers,
+                threads=1,
+            )
+    finally:
+        torch.set_num_threads(threads)
+
+    def summary(rep):  # type: ignore[no-untyped-def]
+        return {o.key: (o.status, o.outputs, o.findings, o.series_probability) for o in rep.outcomes}
+
+    first = summary(runs["overlapped"])
+    assert sorted(s for s, *_ in first.values()) == ["done", "done"]
+    assert all(summary(r) == first for r in runs.values())
+
+
+@pytest.mark.slow
 def test_dask_engine_matches_local(archive: tuple[Path, Path], tmp_path: Path) -> None:
     root, bundle = archive
     local = run_batch(

@@ -340,10 +340,9 @@ def class_labels(probs: np.ndarray) -> np.ndarray:
     return labels
 
 
-def default_threads() -> int:
-    """Torch CPU threads for inference: the cores this process may use, at most 8."""
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a Slurm or container cpuset)."""
     try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..batch import safe_name
+from ..model.inference import usable_cores
 from .config import NodeConfig
 from .journal import Journal, SeriesRow
 from .scp import Receiver, short_uid
@@ -53,7 +54,7 @@ class Node:
         self._sending: dict[Future[None], SeriesRow] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        threads = max(1, (os.cpu_count() or 1) // config.workers)
+        threads = max(1, usable_cores() // config.workers)
         self.settings = PipelineSettings(
             pipeline=config.pipeline,
             outputs=config.outputs,
