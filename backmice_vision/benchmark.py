@@ -20,15 +20,15 @@ Batch throughput is measured with :func:`~backmice_vision.batch.run_batch` on co
 series per worker (:func:`measure_batch`). Four runs (:data:`BATCH_RUNS`): 1 worker with one torch
 thread, 2 workers (one thread each, as ``--workers 2`` shares the cores), 1 worker with the default
 threads (all cores), and the series one after the other in one process with one thread, no overlap (what
-each of the 2 workers does). The worker target compares 2 workers ÷ 1 worker at one thread per worker;
-beside it are 2 workers ÷ the all-cores worker, 2 workers ÷ the sequential run, what the machine itself
-allows (the same fixed single-thread work in one process and in two at once, :func:`measure_ceiling`) and
-the cores each run kept busy (CPU seconds of the process and its joined workers / wall seconds): the
-single worker overlaps writing series ``n`` with detecting ``n + 1``
-(:func:`~backmice_vision.batch.run_batch`), so it already uses more than one core, which bounds what a
-second worker adds. The overhead target is
-checked twice for MR: one series on its own (latency) and per series inside the all-cores batch, where a
-series is written while the next is detected (throughput; :func:`~backmice_vision.batch.run_batch`).
+each of the 2 workers does). The four are alternated ``throughput_rounds`` times (medians; each ratio is
+the median of its per-round ratios). The worker target compares 2 workers ÷ 1 worker at one thread per
+worker; beside it are 2 workers ÷ the all-cores worker, 2 workers ÷ the sequential run, what the machine
+itself allows (the same fixed single-thread work in one process and in two at once,
+:func:`measure_ceiling`) and the cores each run kept busy (CPU seconds of the process and its joined
+workers / wall seconds): the single one-thread worker overlaps writing series ``n`` with detecting
+``n + 1`` on the free core (:func:`~backmice_vision.batch.run_batch`), so it already uses more than one
+core, which bounds what a second worker adds. The overhead target is checked twice for MR: one series on
+its own (latency) and per series inside the all-cores batch (throughput).
 CLI start-up: ``backmice --help`` and a bad argument, median of several subprocess runs.
 
 Speed and memory targets live only here (:data:`TARGETS`); results print as a table and can be written
@@ -92,7 +92,8 @@ class BenchOptions:
     """What to run. ``repeats``: timed runs per series after one warm-up; ``worker_series``: MR series
     in the throughput batch; ``cli_runs``: subprocess runs per CLI timing; ``threads``: torch threads of
     the per-series runs (0 = torch's default); ``reference_roi``: ROI of the reference's
-    sliding_window_inference, ``"patch"`` (the training patch) or ``"image"`` (the whole padded image)."""
+    sliding_window_inference, ``"patch"`` (the training patch) or ``"image"`` (the whole padded image);
+    ``throughput_rounds``: alternated rounds of the batch runs."""
 
     data_dir: Path
     repeats: int = 3
@@ -102,6 +103,7 @@ class BenchOptions:
     formats: tuple[str, ...] = ("png", "json", "seg", "sr", "sc")
     skip_workers: bool = False
     reference_roi: str = "patch"
+    throughput_rounds: int = 3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -769,32 +771,46 @@ def run_benchmark(opts: BenchOptions, log: Any = None) -> dict[str, Any]:
         }
         results["series"][kind] = _child(task)
     if not opts.skip_workers:
-        batch: dict[str, Any] = {"series": opts.worker_series}
-        for name, workers, threads, sequential in BATCH_RUNS:
-            say(f"measuring batch throughput: {BATCH_LABELS[name]} ...")
-            task = {
-                "what": "batch",
-                "folder": str(paths["batch"]),
-                "workers": workers,
-                "threads": threads,
-                "sequential": sequential,
-                "formats": list(opts.formats),
-            }
-            got = _child(task)
-            if got["done"] != opts.worker_series:
-                raise BackmiceError(
-                    f"batch run with {workers} worker(s) finished {got['done']} series "
-                    f"of {opts.worker_series}"
+        batch: dict[str, Any] = {"series": opts.worker_series, "rounds": opts.throughput_rounds}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in BATCH_LABELS}
+        for r in range(opts.throughput_rounds):  # alternated rounds, medians: this VM drifts by 10-20 %
+            for name, workers, threads, sequential in BATCH_RUNS:
+                say(
+                    f"measuring batch throughput, round {r + 1}/{opts.throughput_rounds}: "
+                    f"{BATCH_LABELS[name]} ..."
                 )
-            batch[f"{name}_s"] = got["seconds"]
-            batch[f"{name}_cores_busy"] = got["cores_busy"]
-            batch[f"{name}_series_per_min"] = 60.0 * opts.worker_series / got["seconds"]
-            batch[f"{name}_steady_series_per_min"] = 60.0 * got["steady_series_per_s"]
-        batch["wall_ratio"] = batch["w2_series_per_min"] / batch["w1t1_series_per_min"]
-        batch["ratio"] = batch["w2_steady_series_per_min"] / batch["w1t1_steady_series_per_min"]
-        batch["ratio_vs_all_cores"] = batch["w2_steady_series_per_min"] / batch["w1_steady_series_per_min"]
-        batch["ratio_vs_sequential"] = batch["w2_steady_series_per_min"] / batch["seq_steady_series_per_min"]
-        # the same MR series end to end inside a batch (1 worker, all cores: writing overlaps the next series)
+                task = {
+                    "what": "batch",
+                    "folder": str(paths["batch"]),
+                    "workers": workers,
+                    "threads": threads,
+                    "sequential": sequential,
+                    "formats": list(opts.formats),
+                }
+                got = _child(task)
+                if got["done"] != opts.worker_series:
+                    raise BackmiceError(
+                        f"batch run with {workers} worker(s) finished {got['done']} series "
+                        f"of {opts.worker_series}"
+                    )
+                got["series_per_min"] = 60.0 * opts.worker_series / got["seconds"]
+                got["steady_series_per_min"] = 60.0 * got["steady_series_per_s"]
+                runs[name].append(got)
+        for name, got_runs in runs.items():
+            for key in ("seconds", "cores_busy", "series_per_min", "steady_series_per_min"):
+                batch[f"{name}_{'s' if key == 'seconds' else key}"] = statistics.median(
+                    g[key] for g in got_runs
+                )
+
+        def ratio(a: str, b: str, key: str = "steady_series_per_min") -> float:
+            """Median over rounds of run ``a`` / run ``b`` (each round's runs measured one after another)."""
+            return statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True))
+
+        batch["wall_ratio"] = ratio("w2", "w1t1", "series_per_min")
+        batch["ratio"] = ratio("w2", "w1t1")
+        batch["ratio_vs_all_cores"] = ratio("w2", "w1")
+        batch["ratio_vs_sequential"] = ratio("w2", "seq")
+        # the same MR series end to end inside a batch (1 worker, all cores)
         mr_base = results["series"]["mr"]["baseline_s"]
         per_series_s = 60.0 / batch["w1_steady_series_per_min"]
         batch["mr_overhead_ratio"] = per_series_s / (mr_base["pydicom_decode"] + mr_base["bare_forward"])
@@ -906,7 +922,8 @@ def print_report(results: dict[str, Any], stream: Any = None) -> None:
         w = results["workers"]
         print(
             f"\nbatch of {w['series']} MR series, series/min wall ... steady (after the first per worker), "
-            "and cores busy (CPU seconds / wall seconds, start-up included):",
+            "and cores busy (CPU seconds / wall seconds, start-up included); "
+            f"medians of {w['rounds']} round(s):",
             file=out,
         )
         for name, label in BATCH_LABELS.items():
@@ -927,7 +944,7 @@ def print_report(results: dict[str, Any], stream: Any = None) -> None:
             file=out,
         )
         print(
-            f"  MR end to end in a batch (1 worker, all cores, writing overlapped): "
+            f"  MR end to end in a batch (1 worker, all cores): "
             f"{60.0 / w['w1_steady_series_per_min']:.3f} s per series = {w['mr_overhead_ratio']:.2f} x "
             "(pydicom decode + bare forward)",
             file=out,
@@ -967,6 +984,7 @@ def run_bench(ns: argparse.Namespace) -> int:
         threads=ns.threads,
         formats=formats,
         skip_workers=ns.no_workers,
+        throughput_rounds=1 if ns.quick else 3,
         reference_roi=ns.reference_roi,
     )
     try:
