@@ -297,8 +297,9 @@ def _pipelined(
     Writing (highdicom, PNG encoding), decoding and post-processing are mostly single-threaded; the
     overlap fills a core the forward pass leaves idle (used when torch runs on fewer threads than there
     are cores; measured on 2 cores, 20-slice MR: 1 torch thread 70 -> 78-85 series/min, while with 2
-    threads series after series gave 103 and overlapped 93, medians of 4 runs). Each outcome is yielded as soon as its outputs are
-    written (so it enters the manifest at once); at most two results are alive at a time.
+    threads series after series gave 103 and overlapped 93, medians of 4 runs). Each outcome is yielded
+    as soon as its outputs are written (so it enters the manifest at once); at most two results are alive
+    at a time.
     """
     from concurrent.futures import ThreadPoolExecutor
 
