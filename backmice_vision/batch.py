@@ -4,7 +4,7 @@ Layout of ``OUT_DIR``::
 
     OUT_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/   outputs of one series (report.json, PNG, SEG, SR, SC)
     OUT_DIR/manifest.jsonl                            one line per finished series (inputs hash, outputs)
-    OUT_DIR/summary.csv                               one row per series and finding
+    OUT_DIR/summary.csv                               one row per series and finding, failure, ignored file
     OUT_DIR/index.html                                thumbnails and a sortable table, no server needed
 
 Folder names are the UIDs when they are well-formed UIDs, otherwise a hash of them: header values
@@ -61,10 +61,21 @@ class SeriesOutcome:
 
 
 @dataclass
+class BatchPlan:
+    """What a batch finds under its input folder (:func:`plan_jobs`)."""
+
+    jobs: list[SeriesJob]  # the MR and US image series, to be detected
+    unsupported: list[SeriesOutcome]  # image series of other modalities: failed, with the reason
+    unreadable: list[tuple[str, str]]  # (path, reason) of files that look like DICOM but cannot be read
+    ignored: list[tuple[str, str]]  # (file relative to the input, or series key; reason): not DICOM, no image
+
+
+@dataclass
 class BatchReport:
     outcomes: list[SeriesOutcome]
     unreadable: list[tuple[str, str]]  # (path, reason) of files find_series could not read
     seconds: float
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # see BatchPlan
 
     @property
     def failed(self) -> list[SeriesOutcome]:
@@ -82,23 +93,36 @@ def safe_name(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:16]
 
 
-def plan_jobs(input_dir: Path) -> tuple[list[SeriesJob], list[tuple[str, str]]]:
-    """Find every image series under ``input_dir``; return the jobs and the unreadable files."""
+def plan_jobs(input_dir: Path) -> BatchPlan:
+    """Every series under ``input_dir``: MR and US image series become jobs; image series of other
+    modalities fail with the reason; non-image objects (SEG, SR, ...) and files that are not DICOM are
+    ignored, each with the reason; unreadable DICOM files are listed with theirs."""
     from .io import find_series
+    from .io.reader import ANALYSED_MODALITIES
 
     errors: list[tuple[Path, str]] = []
-    refs = find_series(input_dir, errors=errors)
-    jobs = [
-        SeriesJob(
-            key=f"{safe_name(r.study_instance_uid)}/{safe_name(r.series_instance_uid)}",
-            paths=sorted(str(p) for p in r.paths),
-            modality=r.modality,
-            description=r.description,
-        )
-        for r in refs
+    not_dicom: list[Path] = []
+    refs = find_series(input_dir, errors=errors, include_all=True, ignored=not_dicom)
+    plan = BatchPlan([], [], [(str(p), reason) for p, reason in errors], [])
+    root = Path(input_dir)
+    plan.ignored = [
+        (str(p.relative_to(root)) if root.is_dir() else p.name, "not a DICOM file (or a DICOMDIR)")
+        for p in not_dicom
     ]
-    jobs.sort(key=lambda j: j.key)
-    return jobs, [(str(p), str(reason)) for p, reason in errors]
+    for r in refs:
+        key = f"{safe_name(r.study_instance_uid)}/{safe_name(r.series_instance_uid)}"
+        if r.n_frames == 0:
+            plan.ignored.append((key, f"not an image series ({r.modality})"))
+        elif r.modality not in ANALYSED_MODALITIES:
+            reason = f"unsupported series: modality {r.modality} is not analysed (MR and US only)"
+            plan.unsupported.append(
+                SeriesOutcome(key=key, status="failed", modality=r.modality, error=reason)
+            )
+        else:
+            paths = sorted(str(p) for p in r.paths)
+            plan.jobs.append(SeriesJob(key=key, paths=paths, modality=r.modality, description=r.description))
+    plan.jobs.sort(key=lambda j: j.key)
+    return plan
 
 
 def inputs_hash(paths: Iterable[str], model_tag: str) -> str:
@@ -411,13 +435,13 @@ def run_batch(
     if workers < 1 or (threads is not None and threads < 1):
         raise ConfigError(f"workers and threads must be at least 1 (got {workers} and {threads})")
     start = time.perf_counter()
-    jobs, unreadable = plan_jobs(input_dir)
+    plan = plan_jobs(input_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = model_tag(model)
     finished = read_manifest(out_dir) if resume else {}
-    outcomes: list[SeriesOutcome] = []
+    outcomes: list[SeriesOutcome] = list(plan.unsupported)
     todo: list[SeriesJob] = []
-    for job in jobs:
+    for job in plan.jobs:
         entry = finished.get(job.key)
         if entry is not None:
             try:
@@ -447,7 +471,7 @@ def run_batch(
         if on_outcome is not None:
             on_outcome(outcome)
     outcomes.sort(key=lambda o: o.key)
-    report = BatchReport(outcomes, unreadable, time.perf_counter() - start)
+    report = BatchReport(outcomes, plan.unreadable, time.perf_counter() - start, plan.ignored)
     write_summary_csv(report, out_dir / "summary.csv")
     write_index_html(report, out_dir / "index.html")
     return report
@@ -501,6 +525,8 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
             )
     for p, reason in report.unreadable:
         writer.writerow([Path(p).name, "", "failed", "", "", "", "", "", "", "", "", "", reason])
+    for what, reason in report.ignored:
+        writer.writerow([what, "", "ignored", "", "", "", "", "", "", "", "", "", reason])
     from .export.dicom_common import write_text_atomic
 
     write_text_atomic(buf.getvalue(), path)
@@ -520,9 +546,10 @@ def write_index_html(report: BatchReport, path: Path) -> None:
             f"<td>{'' if best is None else f'{best:.2f}'}</td><td>{o.seconds:.1f}</td>"
             f"<td>{html.escape(o.error)}</td></tr>"
         )
-    for p, reason in report.unreadable:
+    others = [(Path(p).name, "failed", r) for p, r in report.unreadable]
+    for name, status, reason in [*others, *((w, "ignored", r) for w, r in report.ignored)]:
         rows.append(
-            f"<tr class='failed'><td></td><td>{html.escape(Path(p).name)}</td><td></td><td>failed</td>"
+            f"<tr class='{status}'><td></td><td>{html.escape(name)}</td><td></td><td>{status}</td>"
             f"<td></td><td></td><td></td><td></td><td>{html.escape(reason)}</td></tr>"
         )
     done = sum(o.status != "failed" for o in report.outcomes)
@@ -530,6 +557,7 @@ def write_index_html(report: BatchReport, path: Path) -> None:
         rows="\n".join(rows),
         done=done,
         failed=len(report.failed) + len(report.unreadable),
+        ignored=len(report.ignored),
         seconds=f"{report.seconds:.0f}",
     )
     from .export.dicom_common import write_text_atomic
@@ -542,10 +570,11 @@ _INDEX_TEMPLATE = """<!doctype html>
 <style>
 body{{font-family:system-ui,sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:4px 8px;font-size:14px}} th{{cursor:pointer;background:#f0f0f0}}
-img{{max-height:120px}} tr.failed td{{background:#fde8e8}}
+img{{max-height:120px}} tr.failed td{{background:#fde8e8}} tr.ignored td{{color:#777}}
 </style></head><body>
 <h1>backmice batch results</h1>
-<p>{done} series processed, {failed} failed, {seconds} s. Research use only, not for diagnosis.</p>
+<p>{done} series processed, {failed} failed, {ignored} ignored, {seconds} s. Research use only, not for
+diagnosis.</p>
 <table id="t"><thead><tr><th>key image</th><th>series</th><th>modality</th><th>status</th>
 <th>P(back mouse)</th><th>findings</th><th>best confidence</th><th>seconds</th><th>error</th></tr></thead>
 <tbody>
@@ -565,8 +594,12 @@ document.querySelectorAll("#t th").forEach((th, col) => th.addEventListener("cli
 """
 
 
+MAX_IGNORED_LINES = 20  # an archive can hold thousands of thumbnails and notes
+
+
 def print_summary(report: BatchReport, stream: Any = None) -> None:
-    """The end-of-run table: one line per series, then every failure with its reason."""
+    """The end-of-run table: one line per series, every failure with its reason, then what was ignored
+    (not DICOM, not an image series) with the reason, at most :data:`MAX_IGNORED_LINES` lines."""
     out = stream or sys.stderr
     counts: dict[str, int] = {}
     for o in report.outcomes:
@@ -587,3 +620,8 @@ def print_summary(report: BatchReport, stream: Any = None) -> None:
         print(f"  failed  {o.modality:3s} {o.key[-40:]:40s} {o.error}", file=out)
     for p, reason in report.unreadable:
         print(f"  failed  unreadable file {p}: {reason}", file=out)
+    for what, reason in report.ignored[:MAX_IGNORED_LINES]:
+        print(f"  ignored {what}: {reason}", file=out)
+    if len(report.ignored) > MAX_IGNORED_LINES:
+        more = len(report.ignored) - MAX_IGNORED_LINES
+        print(f"  ignored {more} more (all of them in summary.csv)", file=out)

@@ -572,10 +572,9 @@ def measure_batch(
     try:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()
         if sequential:
-            jobs, _ = plan_jobs(input_dir)
             tag = model_tag(None)
             outcomes = []
-            for job in jobs:
+            for job in plan_jobs(input_dir).jobs:
                 outcomes.append(process_job(job, str(out), formats, None, "cpu", tag))
                 stamp(outcomes[-1])
         else:

@@ -62,12 +62,16 @@ def _batch(ns: argparse.Namespace) -> int:
     from .batch import plan_jobs, print_summary, run_batch
 
     if ns.dry_run:
-        jobs, unreadable = plan_jobs(ns.input_dir)
-        for job in jobs:
+        plan = plan_jobs(ns.input_dir)
+        for job in plan.jobs:
             print(f"{job.modality:3s} {len(job.paths):4d} file(s)  {job.key}")
-        for path, reason in unreadable:
+        for o in plan.unsupported:
+            print(f"unsupported {o.key}: {o.error}")
+        for path, reason in plan.unreadable:
             print(f"unreadable {path}: {reason}")
-        print(f"{len(jobs)} series would be processed")
+        for what, reason in plan.ignored:
+            print(f"ignored {what}: {reason}")
+        print(f"{len(plan.jobs)} series would be processed")
         return 0
     formats = None if ns.formats == "all" else ns.formats.split(",")
     report = run_batch(

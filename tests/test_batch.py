@@ -14,10 +14,16 @@ from backmice_vision.batch import plan_jobs, read_manifest, run_batch, safe_name
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
     root = tmp_path_factory.mktemp("archive")
     for i in range(2):
-        write_mr_with_seg(root / f"study{i}", seed=i)
+        write_mr_with_seg(root / f"study{i}", seed=i)  # each with its ground-truth SEG (not an image)
     (root / "notes.txt").write_text("not dicom")
+    (root / "ct").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct" / "ct.dcm")  # an unsupported series
     corrupt = root / "broken.dcm"
     corrupt.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff garbage")
     bundle = tiny_bundle(tmp_path_factory.mktemp("models") / "tiny_mr", "MR")
@@ -33,6 +39,13 @@ def test_batch_reports_failures_and_writes_good_series(archive: tuple[Path, Path
     done = [o for o in report.outcomes if o.status == "done"]
     assert len(done) == 2
     assert [Path(p).name for p, _ in report.unreadable] == ["broken.dcm"]
+    (ct,) = [o for o in report.outcomes if o.status == "failed"]
+    assert (
+        ct.modality == "CT" and ct.error == "unsupported series: modality CT is not analysed (MR and US only)"
+    )
+    ignored = dict(report.ignored)
+    assert ignored.pop("notes.txt") == "not a DICOM file (or a DICOMDIR)"
+    assert sorted(ignored.values()) == ["not an image series (SEG)"] * 2  # the ground-truth SEGs
     for o in done:
         study, series = o.key.split("/")
         assert study == safe_name(study) and series == safe_name(series)
@@ -40,9 +53,16 @@ def test_batch_reports_failures_and_writes_good_series(archive: tuple[Path, Path
         assert report_json["schema"] == "backmice.report/1"
         assert report_json["series_instance_uid"].endswith(series)
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert {r["status"] for r in rows} == {"done", "failed"}
+    assert sorted(r["status"] for r in rows if r["status"] != "done") == [
+        "failed",
+        "failed",
+        *["ignored"] * 3,
+    ]
+    errors = {r["series"]: r["error"] for r in rows}
+    assert errors["notes.txt"] == "not a DICOM file (or a DICOMDIR)" and errors[ct.key] == ct.error
+    assert errors["broken.dcm"] == report.unreadable[0][1] != ""
     page = (tmp_path / "index.html").read_text()
-    assert "broken.dcm" in page and "Test^Model" not in page
+    assert "broken.dcm" in page and "notes.txt" in page and "modality CT" in page and "Test^Model" not in page
 
     again = run_batch(
         root,
@@ -53,8 +73,29 @@ def test_batch_reports_failures_and_writes_good_series(archive: tuple[Path, Path
         formats=["json", "png"],
         resume=True,
     )
-    assert sorted(o.status for o in again.outcomes) == ["skipped", "skipped"]
+    assert sorted(o.status for o in again.outcomes) == ["failed", "skipped", "skipped"]
     assert set(read_manifest(tmp_path)) == {o.key for o in done}
+
+
+def test_dry_run_lists_everything_and_writes_nothing(
+    archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from backmice_vision.cli import main
+
+    root, _ = archive
+    assert main(["batch", str(root), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "MR",
+        "MR",
+        "unsupported",
+        "unreadable",
+        *["ignored"] * 3,
+        "2",
+    ]
+    assert lines[-1] == "2 series would be processed"
+    assert "modality CT is not analysed" in lines[2] and "broken.dcm" in lines[3]
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_redoes_a_series_whose_outputs_are_gone(archive: tuple[Path, Path], tmp_path: Path) -> None:
@@ -67,22 +108,21 @@ def test_resume_redoes_a_series_whose_outputs_are_gone(archive: tuple[Path, Path
     )
     status = {o.key: o.status for o in again.outcomes}
     assert status[victim.key] == "done"
-    assert sorted(status.values()) == ["done", "skipped"]
+    assert sorted(status.values()) == ["done", "failed", "skipped"]
 
 
 def test_a_series_whose_outputs_cannot_be_written_fails_alone(
     archive: tuple[Path, Path], tmp_path: Path
 ) -> None:
     root, bundle = archive
-    jobs, _ = plan_jobs(root)
-    blocked = jobs[0].key
+    blocked = plan_jobs(root).jobs[0].key
     (tmp_path / blocked.split("/")[0]).write_text("a file where the study folder would go")
     report = run_batch(root, tmp_path, model=str(bundle), device="cpu", progress="quiet", formats=["json"])
     status = {o.key: o for o in report.outcomes}
     assert status[blocked].status == "failed" and status[blocked].error.startswith(("FileExists", "NotADir"))
     assert status[blocked].outputs == [] and report.exit_code == 1
-    assert [o.status for k, o in status.items() if k != blocked] == ["done"]
-    assert set(read_manifest(tmp_path)) == {k for k in status if k != blocked}
+    assert sorted(o.status for k, o in status.items() if k != blocked) == ["done", "failed"]  # CT: failed
+    assert set(read_manifest(tmp_path)) == {k for k, o in status.items() if o.status == "done"}
 
 
 @pytest.mark.slow
@@ -118,7 +158,7 @@ def test_every_local_mode_gives_the_same_results(
         return {o.key: (o.status, o.outputs, o.findings, o.series_probability) for o in rep.outcomes}
 
     first = summary(runs["overlapped"])
-    assert sorted(s for s, *_ in first.values()) == ["done", "done"]
+    assert sorted(s for s, *_ in first.values()) == ["done", "done", "failed"]
     assert all(summary(r) == first for r in runs.values())
 
 

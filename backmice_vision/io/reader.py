@@ -248,9 +248,14 @@ def series_ref(instances: list[Instance]) -> SeriesRef:
 
 
 def scan_folder(
-    folder: str | Path, errors: list[tuple[Path, str]] | None = None, *, scan_only: bool = True
+    folder: str | Path,
+    errors: list[tuple[Path, str]] | None = None,
+    *,
+    scan_only: bool = True,
+    ignored: list[Path] | None = None,
 ) -> list[Instance]:
-    """Headers of every DICOM file under ``folder``; unreadable ones are appended to ``errors``."""
+    """Headers of every DICOM file under ``folder``; unreadable ones are appended to ``errors``, files
+    that are not DICOM (and DICOMDIR files) to ``ignored``."""
     root = Path(folder)
     if not root.exists():
         raise BackmiceError("no such file or folder", root)
@@ -264,25 +269,31 @@ def scan_folder(
             continue
         if inst is not None:
             found.append(inst)
+        elif ignored is not None:
+            ignored.append(path)
     return found
 
 
 def find_series(
-    folder: str | Path, errors: list[tuple[Path, str]] | None = None, *, include_all: bool = False
+    folder: str | Path,
+    errors: list[tuple[Path, str]] | None = None,
+    *,
+    include_all: bool = False,
+    ignored: list[Path] | None = None,
 ) -> list[SeriesRef]:
     """Find the image series under ``folder`` (searched recursively; a single file is accepted too).
 
     Reads headers only. Files are grouped by (StudyInstanceUID, SeriesInstanceUID). Files that are not
-    DICOM, and DICOMDIR files, are ignored silently. Files that look like DICOM but cannot be read are
-    skipped and, when ``errors`` is a list, appended to it as ``(path, reason)``; the scan never stops
-    on them.
+    DICOM, and DICOMDIR files, are skipped (and appended to ``ignored`` when it is a list). Files that
+    look like DICOM but cannot be read are skipped and, when ``errors`` is a list, appended to it as
+    ``(path, reason)``; the scan never stops on them.
 
     By default only MR and US image series are returned (what :func:`load_series` analyses).
     ``include_all=True`` also returns other modalities and non-image objects (SEG, SR, ...), each with
     its modality and a note in ``problems`` (for example ``"not an image series (SEG)"``).
     Sorted by study, then series UID.
     """
-    groups = group_instances(scan_folder(folder, errors))
+    groups = group_instances(scan_folder(folder, errors, ignored=ignored))
     refs = [series_ref(insts) for insts in groups.values()]
     if not include_all:
         refs = [r for r in refs if r.modality in ANALYSED_MODALITIES and r.n_frames > 0]
