@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from dicom_factory import mr_series, us_image, us_region
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,6 +58,21 @@ def test_two_series_in_one_folder(tmp_path: Path) -> None:
     mr_series(tmp_path, n=2, seed=2)
     refs = find_series(tmp_path)
     assert sorted(r.n_instances for r in refs) == [2, 3]
+
+
+def test_a_modality_that_is_no_code_string_is_not_repeated(tmp_path: Path) -> None:
+    """Modality reaches messages and batch reports: a value that is not a DICOM code string (free text,
+    a name, escape codes) is reported as "?", never echoed."""
+    import pydicom
+
+    (path, *_) = mr_series(tmp_path, n=1)
+    ds = pydicom.dcmread(path)
+    with pytest.warns(UserWarning, match="Invalid value for VR CS"):  # pydicom warns and keeps it
+        ds.Modality = "DOE^JANE\x1b[2J"
+    ds.save_as(path)
+    (ref,) = find_series(tmp_path, include_all=True)
+    assert ref.modality == "?" and ref.problems == ["modality ? is not analysed"]
+    assert find_series(tmp_path) == []
 
 
 def test_backmice_info(tmp_path: Path, pydicom_testfile) -> None:

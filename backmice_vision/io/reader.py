@@ -8,6 +8,7 @@ stage that failed, never a header value (which could identify a patient).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from ..errors import BackmiceError, InvalidDicom
 from ..types import SeriesRef
 
 ANALYSED_MODALITIES = ("MR", "US")
+_CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _NON_IMAGE_MODALITIES = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "RWV", "DOC"}
@@ -106,6 +108,13 @@ def _int(ds: Dataset, keyword: str, default: int = 0) -> int:
     return int(value)
 
 
+def _code_string(value: object) -> str:
+    """A header code string (VR CS: A-Z, 0-9, space, underscore, at most 16) in upper case, or ``"?"``:
+    modality values reach messages and reports, so anything else (free text, escape codes) is dropped."""
+    text = str(value or "").strip().upper()
+    return text if _CS_RE.fullmatch(text) else "?"
+
+
 def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
     """Read one file's header (``stop_before_pixels``).
 
@@ -166,7 +175,7 @@ def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
             series_uid=uids["SeriesInstanceUID"],
             sop_uid=uids["SOPInstanceUID"],
             sop_class=str(ds.get("SOPClassUID", "") or ""),
-            modality=str(ds.get("Modality", "") or "").strip().upper() or "?",
+            modality=_code_string(ds.get("Modality", "")),
             transfer_syntax=ts,
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
