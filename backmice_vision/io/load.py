@@ -121,7 +121,8 @@ def _keeps_ybr(inst: Instance) -> bool:
 def _decode(inst: Instance) -> tuple[np.ndarray, Any]:
     """Read the whole file and decode its pixel data; returns the frames and the dataset without PixelData.
 
-    Compressed data is tried with pylibjpeg first (fastest), then every installed plugin. 8-bit
+    Compressed data is tried with the plugins of ``_PLUGINS`` (8-bit lossy JPEG: Pillow, then pylibjpeg),
+    else pylibjpeg, then every installed plugin. 8-bit
     YBR_FULL(_422) stays YBR (see :func:`.us.ybr_full_to_rgb8`), other YBR is converted to RGB. The array
     has a leading frame axis.
     """
