@@ -77,7 +77,7 @@ def segment_labels(result: DetectionResult) -> np.ndarray | None:
     """The segments of :func:`segment_masks` as one label array ``(n, rows, cols)`` (uint8, or uint16 past
     254 nodules): each pixel's segment number, 0 for none; ``None`` when two segments share a pixel."""
     n_segments = len(result.nodules) + 1
-    labels = np.zeros(result.series.shape, dtype=np.uint8 if n_segments < 255 else np.uint16)
+    labels = np.zeros(result.series.shape, dtype=np.uint8 if n_segments <= 255 else np.uint16)
     for s, nodule in enumerate(result.nodules, start=1):
         if nodule.mask is not None:
             k0, i0, j0, k1, i1, j1 = nodule.bbox
