@@ -18,6 +18,7 @@ import csv
 import hashlib
 import html
 import io
+import itertools
 import json
 import os
 import re
@@ -67,7 +68,8 @@ class BatchPlan:
     jobs: list[SeriesJob]  # the MR and US image series, to be detected
     unsupported: list[SeriesOutcome]  # image series of other modalities: failed, with the reason
     unreadable: list[tuple[str, str]]  # (path, reason) of files that look like DICOM but cannot be read
-    ignored: list[tuple[str, str]]  # (file relative to the input, or series key; reason): not DICOM, no image
+    ignored: list[tuple[str, str]]  # (path, reason) of files that are not DICOM (or DICOMDIR files)
+    non_image: list[tuple[str, str]]  # (series key, reason) of objects without pixels: SEG, SR, ...
 
 
 @dataclass
@@ -76,6 +78,13 @@ class BatchReport:
     unreadable: list[tuple[str, str]]  # (path, reason) of files find_series could not read
     seconds: float
     ignored: list[tuple[str, str]] = field(default_factory=list)  # see BatchPlan
+    non_image: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ignored_rows(self) -> list[tuple[str, str]]:
+        """``(name, reason)`` of everything ignored, for reports: files by name only (folder names in
+        exports often hold patient names), non-image series by their key."""
+        return [(Path(p).name, r) for p, r in self.ignored] + self.non_image
 
     @property
     def failed(self) -> list[SeriesOutcome]:
@@ -103,16 +112,12 @@ def plan_jobs(input_dir: Path) -> BatchPlan:
     errors: list[tuple[Path, str]] = []
     not_dicom: list[Path] = []
     refs = find_series(input_dir, errors=errors, include_all=True, ignored=not_dicom)
-    plan = BatchPlan([], [], [(str(p), reason) for p, reason in errors], [])
-    root = Path(input_dir)
-    plan.ignored = [
-        (str(p.relative_to(root)) if root.is_dir() else p.name, "not a DICOM file (or a DICOMDIR)")
-        for p in not_dicom
-    ]
+    plan = BatchPlan([], [], [(str(p), reason) for p, reason in errors], [], [])
+    plan.ignored = [(str(p), "not a DICOM file (or a DICOMDIR)") for p in not_dicom]
     for r in refs:
         key = f"{safe_name(r.study_instance_uid)}/{safe_name(r.series_instance_uid)}"
         if r.n_frames == 0:
-            plan.ignored.append((key, f"not an image series ({r.modality})"))
+            plan.non_image.append((key, f"not an image series ({r.modality})"))
         elif r.modality not in ANALYSED_MODALITIES:
             reason = f"unsupported series: modality {r.modality} is not analysed (MR and US only)"
             plan.unsupported.append(
@@ -283,20 +288,24 @@ def _run_local(
     threads: int | None = None,
 ) -> Iterator[SeriesOutcome]:
     """``workers`` processes with ``threads`` torch threads each (default: the cores shared out), or with
-    one worker, this process (``threads`` given: set for torch; the default keeps torch's own)."""
+    one worker, this process (``threads`` given: set for torch during the run; the default keeps torch's
+    own)."""
     from .model.inference import usable_cores
 
     cores = usable_cores()
     if workers <= 1:
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
-        if torch.get_num_threads() < cores:  # a core is free: write series n there while n + 1 is detected
-            yield from _pipelined(jobs, str(out_dir), formats, model, device, tag)
-        else:  # writing beside an all-cores forward pass slows it more than the overlap gains
-            for job in jobs:
-                yield process_job(job, str(out_dir), formats, model, device, tag)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        try:
+            if torch.get_num_threads() < cores:  # a core is free: write series n there, detect n + 1
+                yield from _pipelined(jobs, str(out_dir), formats, model, device, tag)
+            else:  # writing beside an all-cores forward pass slows it more than the overlap gains
+                for job in jobs:
+                    yield process_job(job, str(out_dir), formats, model, device, tag)
+        finally:
+            torch.set_num_threads(before)  # the caller's process keeps its own setting
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -348,24 +357,43 @@ def _run_dask(
     tag: str,
     workers: int,
     scheduler: str | None,
+    threads: int | None = None,
 ) -> Iterator[SeriesOutcome]:
+    """One task per series. A LocalCluster gets ``workers`` processes of one task at a time and
+    ``threads`` torch threads each (default: the cores shared out); on a given scheduler, torch threads
+    are set only when ``threads`` is given (every worker, also those that join later)."""
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, LocalCluster, WorkerPlugin, as_completed
     except ImportError as exc:
         raise BackmiceError("the Dask engine needs `pip install 'backmice-vision[dask]'`") from exc
     cluster = None
     if scheduler:
         client = Client(scheduler)
     else:
+        from .model.inference import usable_cores
+
+        threads = threads or max(1, usable_cores() // workers)
         cluster = LocalCluster(
-            n_workers=max(1, workers),
+            n_workers=workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
         )
         client = Client(cluster)
+
+    class TorchThreads(WorkerPlugin):  # sent by value (cloudpickle): run on every worker as it starts
+        def __init__(self, n: int) -> None:
+            self.threads = n
+
+        def setup(self, worker: Any) -> None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
     try:
+        if threads:
+            client.register_plugin(TorchThreads(threads), name="backmice-torch-threads")
         futures = [
             client.submit(process_job, j, str(out_dir), formats, model, device, tag, pure=False) for j in jobs
         ]
@@ -439,7 +467,7 @@ def run_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = model_tag(model)
     finished = read_manifest(out_dir) if resume else {}
-    outcomes: list[SeriesOutcome] = list(plan.unsupported)
+    outcomes: list[SeriesOutcome] = []
     todo: list[SeriesJob] = []
     for job in plan.jobs:
         entry = finished.get(job.key)
@@ -456,14 +484,14 @@ def run_batch(
                 outcomes.append(kept)
                 continue
         todo.append(job)
-    bar = Progress(len(todo), progress)
+    bar = Progress(len(plan.unsupported) + len(todo), progress)
     if engine == "local":
         stream = _run_local(todo, out_dir, formats, model, device, tag, workers, threads)
     elif engine == "dask":
-        stream = _run_dask(todo, out_dir, formats, model, device, tag, workers, scheduler)
+        stream = _run_dask(todo, out_dir, formats, model, device, tag, workers, scheduler, threads)
     else:
         raise BackmiceError(f"unknown engine {engine!r} (local or dask)")
-    for outcome in stream:
+    for outcome in itertools.chain(plan.unsupported, stream):  # unsupported: failed, reported like the rest
         if outcome.status == "done":
             _append_manifest(out_dir, outcome)
         outcomes.append(outcome)
@@ -471,7 +499,7 @@ def run_batch(
         if on_outcome is not None:
             on_outcome(outcome)
     outcomes.sort(key=lambda o: o.key)
-    report = BatchReport(outcomes, plan.unreadable, time.perf_counter() - start, plan.ignored)
+    report = BatchReport(outcomes, plan.unreadable, time.perf_counter() - start, plan.ignored, plan.non_image)
     write_summary_csv(report, out_dir / "summary.csv")
     write_index_html(report, out_dir / "index.html")
     return report
@@ -525,8 +553,8 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
             )
     for p, reason in report.unreadable:
         writer.writerow([Path(p).name, "", "failed", "", "", "", "", "", "", "", "", "", reason])
-    for what, reason in report.ignored:
-        writer.writerow([what, "", "ignored", "", "", "", "", "", "", "", "", "", reason])
+    for name, reason in report.ignored_rows:
+        writer.writerow([name, "", "ignored", "", "", "", "", "", "", "", "", "", reason])
     from .export.dicom_common import write_text_atomic
 
     write_text_atomic(buf.getvalue(), path)
@@ -547,7 +575,7 @@ def write_index_html(report: BatchReport, path: Path) -> None:
             f"<td>{html.escape(o.error)}</td></tr>"
         )
     others = [(Path(p).name, "failed", r) for p, r in report.unreadable]
-    for name, status, reason in [*others, *((w, "ignored", r) for w, r in report.ignored)]:
+    for name, status, reason in [*others, *((n, "ignored", r) for n, r in report.ignored_rows)]:
         rows.append(
             f"<tr class='{status}'><td></td><td>{html.escape(name)}</td><td></td><td>{status}</td>"
             f"<td></td><td></td><td></td><td></td><td>{html.escape(reason)}</td></tr>"
@@ -557,7 +585,7 @@ def write_index_html(report: BatchReport, path: Path) -> None:
         rows="\n".join(rows),
         done=done,
         failed=len(report.failed) + len(report.unreadable),
-        ignored=len(report.ignored),
+        ignored=len(report.ignored_rows),
         seconds=f"{report.seconds:.0f}",
     )
     from .export.dicom_common import write_text_atomic
@@ -620,8 +648,9 @@ def print_summary(report: BatchReport, stream: Any = None) -> None:
         print(f"  failed  {o.modality:3s} {o.key[-40:]:40s} {o.error}", file=out)
     for p, reason in report.unreadable:
         print(f"  failed  unreadable file {p}: {reason}", file=out)
-    for what, reason in report.ignored[:MAX_IGNORED_LINES]:
+    everything = [*report.ignored, *report.non_image]
+    for what, reason in everything[:MAX_IGNORED_LINES]:
         print(f"  ignored {what}: {reason}", file=out)
-    if len(report.ignored) > MAX_IGNORED_LINES:
-        more = len(report.ignored) - MAX_IGNORED_LINES
+    if len(everything) > MAX_IGNORED_LINES:
+        more = len(everything) - MAX_IGNORED_LINES
         print(f"  ignored {more} more (all of them in summary.csv)", file=out)

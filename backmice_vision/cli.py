@@ -69,7 +69,7 @@ def _batch(ns: argparse.Namespace) -> int:
             print(f"unsupported {o.key}: {o.error}")
         for path, reason in plan.unreadable:
             print(f"unreadable {path}: {reason}")
-        for what, reason in plan.ignored:
+        for what, reason in [*plan.ignored, *plan.non_image]:
             print(f"ignored {what}: {reason}")
         print(f"{len(plan.jobs)} series would be processed")
         return 0
@@ -148,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model once)")
     p.add_argument(
-        "--threads", type=int, default=0, help="torch threads per worker (default: the cores shared out)"
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per worker (default: the cores shared out; one worker: torch's default)",
     )
     p.add_argument("--resume", action="store_true", help="skip series finished with the same inputs")
     p.add_argument("--engine", choices=["local", "dask"], default="local")

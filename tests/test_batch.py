@@ -43,9 +43,10 @@ def test_batch_reports_failures_and_writes_good_series(archive: tuple[Path, Path
     assert (
         ct.modality == "CT" and ct.error == "unsupported series: modality CT is not analysed (MR and US only)"
     )
-    ignored = dict(report.ignored)
-    assert ignored.pop("notes.txt") == "not a DICOM file (or a DICOMDIR)"
-    assert sorted(ignored.values()) == ["not an image series (SEG)"] * 2  # the ground-truth SEGs
+    assert [(Path(p).name, r) for p, r in report.ignored] == [
+        ("notes.txt", "not a DICOM file (or a DICOMDIR)")
+    ]
+    assert [r for _, r in report.non_image] == ["not an image series (SEG)"] * 2  # the ground-truth SEGs
     for o in done:
         study, series = o.key.split("/")
         assert study == safe_name(study) and series == safe_name(series)
@@ -133,26 +134,29 @@ def test_every_local_mode_gives_the_same_results(
     (torch on every core), and two worker processes: the same outcomes, outputs and findings."""
     import torch
 
+    from backmice_vision import batch
     from backmice_vision.model import inference
 
     root, bundle = archive
     threads = torch.get_num_threads()
+    overlapped = []
+    real = batch._pipelined
+    monkeypatch.setattr(batch, "_pipelined", lambda *a: overlapped.append(len(a[0])) or real(*a))
     runs = {}
-    try:
-        for name, cores, workers in (("overlapped", 64, 1), ("sequential", 1, 1), ("processes", 64, 2)):
-            monkeypatch.setattr(inference, "usable_cores", lambda cores=cores: cores)
-            runs[name] = run_batch(
-                root,
-                tmp_path / name,
-                model=str(bundle),
-                device="cpu",
-                progress="quiet",
-                formats=["json", "seg"],
-                workers=workers,
-                threads=1,
-            )
-    finally:
-        torch.set_num_threads(threads)
+    for name, cores, workers in (("overlapped", 64, 1), ("sequential", 1, 1), ("processes", 64, 2)):
+        monkeypatch.setattr(inference, "usable_cores", lambda cores=cores: cores)
+        runs[name] = run_batch(
+            root,
+            tmp_path / name,
+            model=str(bundle),
+            device="cpu",
+            progress="quiet",
+            formats=["json", "seg"],
+            workers=workers,
+            threads=1,
+        )
+        assert torch.get_num_threads() == threads  # the caller's setting is back
+    assert overlapped == [2]  # only the one-worker run with a free core overlapped (its 2 series)
 
     def summary(rep):  # type: ignore[no-untyped-def]
         return {o.key: (o.status, o.outputs, o.findings, o.series_probability) for o in rep.outcomes}
