@@ -292,24 +292,13 @@ def _drawn(
 
 def png_images(result: DetectionResult, *, tile: int = 384, columns: int = 3) -> list[tuple[str, np.ndarray]]:
     """``(file name, uint8 RGB array)`` of every PNG: ``overlay_k<k>.png`` per :func:`overlay_frames` frame
-    (upscaled, see :func:`png_scale`), then ``montage.png`` (see :func:`save_montage`). Each frame is drawn
-    once; the montage reuses the overlays."""
+    (upscaled, see :func:`png_scale`), then ``montage.png``: a grid of the key frames (one per nodule;
+    the middle frame when there is none), ``columns`` wide, tiles ``tile`` px. Each frame is drawn once;
+    the montage reuses the overlays."""
     scale = png_scale(result.series.shape[1:])
     cache: dict[tuple[int, int], np.ndarray] = {}
     out = [(f"overlay_k{k:04d}.png", _drawn(result, k, scale, cache)) for k in overlay_frames(result)]
     return [*out, ("montage.png", _montage(result, tile, columns, cache))]
-
-
-def save_overlays(result: DetectionResult, out_dir: str | Path) -> list[Path]:
-    """One PNG per :func:`overlay_frames` frame, ``overlay_k<k>.png`` (upscaled, see :func:`png_scale`)."""
-    out = Path(out_dir)
-    scale = png_scale(result.series.shape[1:])
-    return [write_png(_draw(result, k, scale), out / f"overlay_k{k:04d}.png") for k in overlay_frames(result)]
-
-
-def save_montage(result: DetectionResult, path: str | Path, *, tile: int = 384, columns: int = 3) -> Path:
-    """A grid of the key frames (one per nodule; the middle frame when there is none), tiles ``tile`` px."""
-    return write_png(_montage(result, tile, columns, {}), Path(path))
 
 
 def _montage(

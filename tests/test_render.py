@@ -16,10 +16,9 @@ from backmice_vision.render import (
     WHITE,
     finding_frames,
     key_frames,
+    png_images,
     png_scale,
     render_overlay,
-    save_montage,
-    save_overlays,
 )
 
 
@@ -44,10 +43,13 @@ def test_overlay_us_contour_on_mask_edge_and_source_resolution(tmp_path: Path) -
 
 
 def test_overlay_png_has_defect_label_and_scale_bar(tmp_path: Path) -> None:
+    from backmice_vision.export import save_result
+
     result = make_result(us(tmp_path / "us.dcm", 1), 1)
-    paths = save_overlays(result, tmp_path / "out")
-    assert [p.name for p in paths] == ["overlay_k0000.png"]
+    paths = save_result(result, tmp_path / "out", ["png"])["png"]
+    assert [p.name for p in paths] == ["overlay_k0000.png", "montage.png"]
     img = np.asarray(Image.open(paths[0]).convert("RGB"))
+    assert np.array_equal(img, dict(png_images(result))["overlay_k0000.png"])  # encoded in a thread, lossless
     scale = png_scale((60, 80))
     assert img.shape == (60 * scale, 80 * scale, 3)
     assert _has(img, SKY_BLUE).sum() > 10  # defect triangle
@@ -74,13 +76,14 @@ def test_mr_frames_montage_and_bad_index(tmp_path: Path) -> None:
     assert img.shape == (40, 36, 3)
     assert _has(img, ORANGE).any()
     assert not _has(render_overlay(result, 4), ORANGE).any()  # no nodule on the last slice
-    montage = save_montage(result, tmp_path / "montage.png", tile=200)
-    assert Image.open(montage).size == (2 * round(36 * 200 / 40), 200)
+    names, arrays = zip(*png_images(result, tile=200), strict=True)
+    assert names == ("overlay_k0000.png", "overlay_k0001.png", "overlay_k0002.png", "montage.png")
+    assert arrays[-1].shape == (200, 2 * round(36 * 200 / 40), 3)
     with pytest.raises(BackmiceError, match="frame index 9"):
         render_overlay(result, 9)
 
 
 def test_no_findings_montage_only(tmp_path: Path) -> None:
     result = make_result(mr(tmp_path / "mr"), 0)
-    assert save_overlays(result, tmp_path / "o") == []
-    assert save_montage(result, tmp_path / "o" / "montage.png").is_file()
+    ((name, montage),) = png_images(result)
+    assert name == "montage.png" and montage.ndim == 3 and montage.any()
