@@ -136,8 +136,10 @@ def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int
     for stop in range(1, len(uids) + 1):
         if stop < len(uids) and uids[stop] == uids[start]:
             continue
-        clip, n = ndimage.label(mask[start:stop], structure=_tracking_structure())
-        labels[start:stop] = np.where(clip > 0, clip + total, 0)
+        view = labels[start:stop]
+        n = ndimage.label(mask[start:stop], structure=_tracking_structure(), output=view)  # in place
+        if total and n:
+            view[view > 0] += total
         total, start = total + int(n), stop
     return labels, total
 
