@@ -289,17 +289,20 @@ def _run_local(
 ) -> Iterator[SeriesOutcome]:
     """``workers`` processes with ``threads`` torch threads each (default: the cores shared out), or with
     one worker, this process (``threads`` given: set for torch during the run; the default keeps torch's
-    own)."""
+    own), overlapping writing with detecting on a GPU or when torch leaves a core free."""
     from .model.inference import usable_cores
 
     cores = usable_cores()
     if workers <= 1:
         import torch
 
+        from .model.inference import resolve_device
+
         before = torch.get_num_threads()
         torch.set_num_threads(threads or before)
         try:
-            if torch.get_num_threads() < cores:  # a core is free: write series n there, detect n + 1
+            # a GPU, or a core torch leaves free, does series n + 1 while this thread writes series n
+            if resolve_device(device).type == "cuda" or torch.get_num_threads() < cores:
                 yield from _pipelined(jobs, str(out_dir), formats, model, device, tag)
             else:  # writing beside an all-cores forward pass slows it more than the overlap gains
                 for job in jobs:
@@ -328,11 +331,11 @@ def _pipelined(
     """In this process: series ``n + 1`` is decoded and detected in a thread while series ``n`` is written.
 
     Writing (highdicom, PNG encoding), decoding and post-processing are mostly single-threaded; the
-    overlap fills a core the forward pass leaves idle (used when torch runs on fewer threads than there
-    are cores; measured on 2 cores, 20-slice MR: 1 torch thread 70 -> 78-85 series/min, while with 2
-    threads series after series gave 103 and overlapped 93, medians of 4 runs). Each outcome is yielded
-    as soon as its outputs are written (so it enters the manifest at once); at most two results are alive
-    at a time.
+    overlap fills a core the forward pass leaves idle (used on a GPU, and when torch runs on fewer CPU
+    threads than there are cores; measured on 2 cores, 20-slice MR: 1 torch thread 70 -> 78-85
+    series/min, while with 2 threads series after series gave 103 and overlapped 93, medians of 4 runs).
+    Each outcome is yielded as soon as its outputs are written (so it enters the manifest at once); at
+    most two results are alive at a time.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -457,8 +460,9 @@ def run_batch(
     """Run detection on every series under ``input_dir``; see the module docstring for the layout.
 
     Local engine: ``workers`` processes with ``threads`` torch threads each (default: the usable cores
-    shared out); one worker runs in this process and overlaps writing with detecting when torch leaves a
-    core free (see :func:`_pipelined`). Dask engine: one task per series, one thread per Dask worker.
+    shared out); one worker runs in this process and overlaps writing with detecting on a GPU or when
+    torch leaves a core free (see :func:`_pipelined`). Dask engine: one task per series, one thread per
+    Dask worker.
     """
     if workers < 1 or (threads is not None and threads < 1):
         raise ConfigError(f"workers and threads must be at least 1 (got {workers} and {threads})")
