@@ -167,7 +167,7 @@ def init_worker(model: str | None, device: str, threads: int) -> None:
 
 
 def model_tag(model: str | None) -> str:
-    """Identifies the weights that produce the results (part of the resume hash): their checksums."""
+    """Identifies the weights that produce the results (part of :func:`run_tag`): their checksums."""
     from .model.bundle import MODELS_DIR
 
     root = Path(model) if model else MODELS_DIR
@@ -176,6 +176,25 @@ def model_tag(model: str | None) -> str:
         info = json.loads(meta.read_text())
         parts.append(f"{meta.parent.name}:{info.get('version', '')}:{info.get('sha256', '')}")
     return "|".join(parts) or "no-model"
+
+
+def run_tag(model: str | None, formats: list[str] | None) -> str:
+    """Everything besides the input files that decides a series' outputs (part of the resume hash): the
+    weights (:func:`model_tag`), the inference thresholds, the output formats and the library version.
+    Changing any of them makes ``--resume`` redo the series."""
+    from . import __version__
+    from .export import check_formats
+    from .findings import load_thresholds
+
+    thresholds = json.dumps(load_thresholds(), sort_keys=True)
+    return "|".join(
+        [
+            model_tag(model),
+            "thresholds:" + hashlib.sha256(thresholds.encode()).hexdigest()[:16],
+            "formats:" + ",".join(check_formats(formats)),
+            f"backmice_vision:{__version__}",
+        ]
+    )
 
 
 def process_job(
@@ -469,7 +488,7 @@ def run_batch(
     start = time.perf_counter()
     plan = plan_jobs(input_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = model_tag(model)
+    tag = run_tag(model, formats)
     finished = read_manifest(out_dir) if resume else {}
     outcomes: list[SeriesOutcome] = []
     todo: list[SeriesJob] = []

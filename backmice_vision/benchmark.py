@@ -557,7 +557,7 @@ def measure_batch(
     the completion times (the first ``workers`` completions carry process start-up and model loading).
     ``sequential``: instead of run_batch, :func:`~backmice_vision.batch.process_job` on one series after
     the other in this process (no overlap of writing and detecting: what one worker process does)."""
-    from .batch import SeriesOutcome, model_tag, plan_jobs, process_job, run_batch
+    from .batch import SeriesOutcome, plan_jobs, process_job, run_batch, run_tag
 
     if threads > 0 and workers == 1:
         import torch
@@ -572,7 +572,7 @@ def measure_batch(
     try:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()
         if sequential:
-            tag = model_tag(None)
+            tag = run_tag(None, formats)
             outcomes = []
             for job in plan_jobs(input_dir).jobs:
                 outcomes.append(process_job(job, str(out), formats, None, "cpu", tag))

@@ -112,6 +112,28 @@ def test_resume_redoes_a_series_whose_outputs_are_gone(archive: tuple[Path, Path
     assert sorted(status.values()) == ["done", "failed", "skipped"]
 
 
+def test_resume_redoes_series_when_formats_or_thresholds_change(
+    archive: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backmice_vision import findings
+
+    root, bundle = archive
+
+    def run(formats: list[str]):  # type: ignore[no-untyped-def]
+        rep = run_batch(
+            root, tmp_path, model=str(bundle), device="cpu", progress="quiet", formats=formats, resume=True
+        )
+        return sorted(o.status for o in rep.outcomes if o.modality == "MR")
+
+    assert run(["json"]) == ["done", "done"]
+    assert run(["json"]) == ["skipped", "skipped"]
+    assert run(["json", "seg"]) == ["done", "done"]  # SEGs asked for now: redone, not trusted
+    assert all((tmp_path / k / "seg.dcm").is_file() for k in read_manifest(tmp_path))
+    changed = {**findings.DEFAULT_THRESHOLDS, "confidence_threshold": 0.99}
+    monkeypatch.setattr(findings, "load_thresholds", lambda path=None: changed)
+    assert run(["json", "seg"]) == ["done", "done"]  # other thresholds, other findings: redone
+
+
 def test_a_series_whose_outputs_cannot_be_written_fails_alone(
     archive: tuple[Path, Path], tmp_path: Path
 ) -> None:
