@@ -90,6 +90,7 @@ def test_detector_on_a_bundle(tmp_path: Path) -> None:
     res = det.detect(series)
     assert res.label_map.shape == series.shape and res.label_map.dtype == np.uint8
     assert res.nodule_probability.shape == series.shape and res.nodule_probability.dtype == np.float32
+    assert res.nodule_probability.base is None  # owns its memory: the 5-class map is freed after detect
     assert set(res.timings_s) == {"preprocess", "model", "postprocess"}
     assert res.model_id == "tiny_mr" and res.thresholds["nodule_threshold"] == 0.3
     assert 0.0 <= res.series_probability <= 1.0

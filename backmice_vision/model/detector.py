@@ -124,7 +124,7 @@ class Detector:
             series, probs, calibration=bundle.calibration, thresholds=thresholds
         )
         label_map = class_labels(probs)
-        nodule_p = np.ascontiguousarray(probs[NODULE], dtype=np.float32)
+        nodule_p = probs[NODULE].copy()  # a copy: a view would keep all five channels alive with the result
         timings["postprocess"] = time.perf_counter() - t0
         return DetectionResult(
             series=series,
