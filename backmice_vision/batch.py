@@ -230,7 +230,11 @@ def write_stage(
     """Write the outputs of a detected series under ``out_dir/<key>`` and complete its outcome."""
     if result is not None:
         try:
-            written = result.save(Path(out_dir) / outcome.key, formats)
+            from .export.dicom_common import remove_stale_temporaries
+
+            folder = Path(out_dir) / outcome.key
+            remove_stale_temporaries(folder)  # a killed earlier run's half-written files
+            written = result.save(folder, formats)
             outcome.outputs = sorted(str(p.relative_to(out_dir)) for paths in written.values() for p in paths)
             montage = [p for p in outcome.outputs if p.endswith("montage.png")]
             outcome.key_image = montage[0] if montage else None
@@ -488,6 +492,9 @@ def run_batch(
     start = time.perf_counter()
     plan = plan_jobs(input_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from .export.dicom_common import remove_stale_temporaries
+
+    remove_stale_temporaries(out_dir)  # of summary.csv and index.html, if a run was killed writing them
     tag = run_tag(model, formats)
     finished = read_manifest(out_dir) if resume else {}
     outcomes: list[SeriesOutcome] = []

@@ -134,6 +134,23 @@ def test_resume_redoes_series_when_formats_or_thresholds_change(
     assert run(["json", "seg"]) == ["done", "done"]  # other thresholds, other findings: redone
 
 
+def test_a_rerun_removes_what_a_killed_run_left_half_written(
+    archive: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Temporaries of a killed writer (``.<name>.<pid>.tmp``) go when their series or the summary is
+    written again; other files stay."""
+    root, bundle = archive
+    key = plan_jobs(root).jobs[0].key
+    stale = [tmp_path / key / ".report.json.4242.tmp", tmp_path / ".summary.csv.4242.tmp"]
+    kept = [tmp_path / key / ".keep", tmp_path / key / "notes.tmp"]
+    for p in [*stale, *kept]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("half")
+    run_batch(root, tmp_path, model=str(bundle), device="cpu", progress="quiet", formats=["json"])
+    assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+    assert json.loads((tmp_path / key / "report.json").read_text())["schema"] == "backmice.report/1"
+
+
 def test_a_series_whose_outputs_cannot_be_written_fails_alone(
     archive: tuple[Path, Path], tmp_path: Path
 ) -> None:

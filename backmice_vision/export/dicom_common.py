@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from ..types import DetectionResult, ImageSeries
 
 MANUFACTURER = "backmice_vision"
+_TEMPORARY_RE = re.compile(r"\..+\.[0-9]+\.tmp")
 SERIES_NUMBERS = {"seg": 9101, "sr": 9102, "sc": 9103, "segprob": 9104}
 SERIES_DESCRIPTIONS = {
     "seg": "backmice SEG",
@@ -133,10 +135,26 @@ def laterality(result: DetectionResult) -> str:
     return ""
 
 
+def temporary_path(path: Path) -> Path:
+    """The name a file is written under before ``os.replace`` puts it at ``path``: ``.<name>.<pid>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the :func:`temporary_path` files directly in ``folder`` (left by a killed writer; call it
+    only where no other process is writing); returns what was deleted."""
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TEMPORARY_RE.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def save_atomic(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM file through a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         ds.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, path)
@@ -149,7 +167,7 @@ def save_atomic(ds: Dataset, path: Path) -> Path:
 def write_text_atomic(text: str | bytes, path: Path) -> Path:
     """Write text or bytes to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     data = text.encode("utf-8") if isinstance(text, str) else text
     try:
         tmp.write_bytes(data)
