@@ -11,7 +11,6 @@ private temporary folder, loaded into memory and the folder removed; nothing is 
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..export.dicom_common import temporary_path
 from .bundle import load_bundle
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def export_model(bundle_dir: str | Path, fmt: Literal["onnx", "torchscript"], ou
         out = out / ("model.onnx" if fmt == "onnx" else "model.ts")
     out.parent.mkdir(parents=True, exist_ok=True)
     net = bundle.network.eval()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(out)
     try:
         if fmt == "torchscript":
             example = torch.rand(1, bundle.preprocessing.in_channels, 128, 128)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -399,10 +398,9 @@ def _generate_one(job: _Job) -> tuple[Path, int]:
         **{k: v for k, v in truth.items() if k != "seed"},
         "series": series,
     }
-    path = root / "ground_truth.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
-    os.replace(tmp, path)
+    from ..export.dicom_common import write_text_atomic
+
+    write_text_atomic(json.dumps(_jsonable(doc), indent=1) + "\n", root / "ground_truth.json")
     return root, n_images
 
 
