@@ -17,8 +17,10 @@ integer factor so that small images keep readable text.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -282,27 +284,23 @@ def write_png(array: np.ndarray, path: Path) -> Path:
     return write_text_atomic(buf.getvalue(), path)
 
 
-def _drawn(
-    result: DetectionResult, k: int, scale: int, cache: dict[tuple[int, int], np.ndarray]
-) -> np.ndarray:
-    if (k, scale) not in cache:
-        cache[(k, scale)] = _draw(result, k, scale)
-    return cache[(k, scale)]
-
-
 def png_images(result: DetectionResult, *, tile: int = 384, columns: int = 3) -> list[tuple[str, np.ndarray]]:
     """``(file name, uint8 RGB array)`` of every PNG: ``overlay_k<k>.png`` per :func:`overlay_frames` frame
     (upscaled, see :func:`png_scale`), then ``montage.png``: a grid of the key frames (one per nodule;
     the middle frame when there is none), ``columns`` wide, tiles ``tile`` px. Each frame is drawn once;
     the montage reuses the overlays."""
     scale = png_scale(result.series.shape[1:])
-    cache: dict[tuple[int, int], np.ndarray] = {}
-    out = [(f"overlay_k{k:04d}.png", _drawn(result, k, scale, cache)) for k in overlay_frames(result)]
-    return [*out, ("montage.png", _montage(result, tile, columns, cache))]
+
+    @functools.cache
+    def frame(k: int) -> np.ndarray:
+        return _draw(result, k, scale)
+
+    out = [(f"overlay_k{k:04d}.png", frame(k)) for k in overlay_frames(result)]
+    return [*out, ("montage.png", _montage(result, tile, columns, frame))]
 
 
 def _montage(
-    result: DetectionResult, tile: int, columns: int, cache: dict[tuple[int, int], np.ndarray]
+    result: DetectionResult, tile: int, columns: int, frame: Callable[[int], np.ndarray]
 ) -> np.ndarray:
     from PIL import Image, ImageDraw
 
@@ -314,11 +312,8 @@ def _montage(
     nrow = math.ceil(len(frames) / ncol)
     canvas = Image.new("RGB", (ncol * tw, nrow * th), BLACK)
     draw = ImageDraw.Draw(canvas)
-    scale = png_scale((rows, cols))
     for idx, k in enumerate(frames):
-        img = Image.fromarray(_drawn(result, k, scale, cache), "RGB").resize(
-            (tw, th), Image.Resampling.LANCZOS
-        )
+        img = Image.fromarray(frame(k), "RGB").resize((tw, th), Image.Resampling.LANCZOS)
         x, y = (idx % ncol) * tw, (idx // ncol) * th
         canvas.paste(img, (x, y))
         caption = f"{'slice' if result.series.modality == 'MR' else 'frame'} {k}"
