@@ -112,8 +112,13 @@ def plan_jobs(input_dir: Path) -> BatchPlan:
     errors: list[tuple[Path, str]] = []
     not_dicom: list[Path] = []
     refs = find_series(input_dir, errors=errors, include_all=True, ignored=not_dicom)
-    plan = BatchPlan([], [], [(str(p), reason) for p, reason in errors], [], [])
-    plan.ignored = [(str(p), "not a DICOM file (or a DICOMDIR)") for p in not_dicom]
+    plan = BatchPlan(
+        jobs=[],
+        unsupported=[],
+        unreadable=[(str(p), reason) for p, reason in errors],
+        ignored=[(str(p), "not a DICOM file (or a DICOMDIR)") for p in not_dicom],
+        non_image=[],
+    )
     for r in refs:
         key = f"{safe_name(r.study_instance_uid)}/{safe_name(r.series_instance_uid)}"
         if r.n_frames == 0:
