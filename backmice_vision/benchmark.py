@@ -70,14 +70,14 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "cli_bad_arg_s": ("<", 1.0, "cold `backmice` with a bad argument (s)"),
 }
 
-# Throughput runs: (name, workers, torch threads (0 = default), one series after the other without run_batch)
-BATCH_RUNS = (("w1t1", 1, 1, False), ("w2", 2, 0, False), ("w1", 1, 0, False), ("seq", 1, 1, True))
-BATCH_LABELS = {
-    "w1t1": "1 worker, 1 thread",
-    "w2": "2 workers, 1 thread each",
-    "w1": "1 worker, all cores",
-    "seq": "one series after the other, 1 thread",
-}
+# Throughput runs: name, label, workers, torch threads (0 = default), series after series without run_batch
+BATCH_RUNS = (
+    ("w1t1", "1 worker, 1 thread", 1, 1, False),
+    ("w2", "2 workers, 1 thread each", 2, 0, False),
+    ("w1", "1 worker, all cores", 1, 0, False),
+    ("seq", "one series after the other, 1 thread", 1, 1, True),
+)
+BATCH_LABELS = {name: label for name, label, *_ in BATCH_RUNS}
 
 # Simulation parameters of the benchmark inputs (fixed: the figures must be comparable between runs).
 MR_SEED, US_SEED = 4, 6
@@ -773,11 +773,8 @@ def run_benchmark(opts: BenchOptions, log: Any = None) -> dict[str, Any]:
         batch: dict[str, Any] = {"series": opts.worker_series, "rounds": opts.throughput_rounds}
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in BATCH_LABELS}
         for r in range(opts.throughput_rounds):  # alternated rounds, medians: this VM drifts by 10-20 %
-            for name, workers, threads, sequential in BATCH_RUNS:
-                say(
-                    f"measuring batch throughput, round {r + 1}/{opts.throughput_rounds}: "
-                    f"{BATCH_LABELS[name]} ..."
-                )
+            for name, label, workers, threads, sequential in BATCH_RUNS:
+                say(f"measuring batch throughput, round {r + 1}/{opts.throughput_rounds}: {label} ...")
                 task = {
                     "what": "batch",
                     "folder": str(paths["batch"]),
