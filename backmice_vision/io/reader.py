@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from ..errors import BackmiceError, InvalidDicom
 from ..types import SeriesRef
 
 ANALYSED_MODALITIES = ("MR", "US")
 _CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
+_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV")
+_ITEM_TAG = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _NON_IMAGE_MODALITIES = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "RWV", "DOC"}
@@ -132,13 +142,14 @@ def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
     if not part10 and not _looks_like_raw_dataset(head):
         return None
     tags = _SCAN_TAGS if scan_only else None
-    with guarded(path, "cannot parse DICOM header"):
+    with guarded(path, "cannot parse DICOM header"), open(path, "rb") as fh:
         try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=tags, force=not part10)
+            ds = dcmread(fh, stop_before_pixels=True, specific_tags=tags, force=not part10)
         except InvalidDicomError:
             if part10:
                 raise
             return None
+        pixel_offset = fh.tell()  # where pydicom stopped: the Pixel Data element, or the end
         meta = getattr(ds, "file_meta", None)
         if meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
             return None
@@ -187,16 +198,83 @@ def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
             photometric=str(ds.get("PhotometricInterpretation", "") or "").strip().upper(),
             instance_number=_int(ds, "InstanceNumber"),
         )
-    if inst.is_image:
-        if inst.frames < 1:
-            raise InvalidDicom(f"NumberOfFrames is {inst.frames}", path)
-        if inst.bits_allocated not in (1, 8, 16, 32, 64):
-            raise InvalidDicom(f"unsupported BitsAllocated {inst.bits_allocated}", path)
-        if inst.samples not in (1, 3):
-            raise InvalidDicom(f"unsupported SamplesPerPixel {inst.samples}", path)
-        if not inst.bits_stored:
-            inst.bits_stored = inst.bits_allocated
+        if inst.is_image:
+            if inst.frames < 1:
+                raise InvalidDicom(f"NumberOfFrames is {inst.frames}", path)
+            if inst.bits_allocated not in (1, 8, 16, 32, 64):
+                raise InvalidDicom(f"unsupported BitsAllocated {inst.bits_allocated}", path)
+            if inst.samples not in (1, 3):
+                raise InvalidDicom(f"unsupported SamplesPerPixel {inst.samples}", path)
+            if not inst.bits_stored:
+                inst.bits_stored = inst.bits_allocated
+            if ts != DeflatedExplicitVRLittleEndian:  # a deflated stream's offsets are not the file's
+                _check_pixel_bytes(inst, fh, pixel_offset, ds.original_encoding)
     return inst
+
+
+def native_pixel_bytes(inst: Instance) -> int:
+    """Bytes the header claims for uncompressed Pixel Data (1-bit packed, native YBR_FULL_422 2 per pixel)."""
+    n = inst.rows * inst.columns * inst.samples * inst.frames
+    if inst.bits_allocated == 1:
+        return (n + 7) // 8
+    n *= inst.bits_allocated // 8
+    return n // 3 * 2 if inst.photometric == "YBR_FULL_422" else n
+
+
+def _check_pixel_bytes(
+    inst: Instance, fh: BinaryIO, offset: int, encoding: tuple[bool | None, bool | None]
+) -> None:
+    """Refuse a header that claims more pixel data than the file holds, reading element headers only.
+
+    Uncompressed: the Pixel Data value (cut at the end of the file) must hold :func:`native_pixel_bytes`.
+    Encapsulated: each frame needs at least one fragment, so the fragments are counted (by seeking past
+    them, at most NumberOfFrames + 1 items) and must number at least NumberOfFrames. Nothing here grows
+    with the claimed sizes, so a header claiming 2**31 frames costs as little as an honest one.
+    """
+    size = os.fstat(fh.fileno()).st_size
+    implicit, little = encoding
+    order = "<" if little is not False else ">"
+    fh.seek(offset)
+    head = fh.read(8)
+    if len(head) < 8:
+        return  # no Pixel Data: load_series says so when it decodes
+    group, element = struct.unpack(order + "HH", head[:4])
+    if (group, element) != (0x7FE0, 0x0010):
+        return  # Float / Double Float Pixel Data: refused when decoded
+    if implicit:
+        (length,) = struct.unpack(order + "I", head[4:8])
+    elif head[4:6] in _LONG_VRS:
+        tail = fh.read(4)
+        if len(tail) < 4:
+            raise InvalidDicom("truncated Pixel Data element", inst.path)
+        (length,) = struct.unpack(order + "I", tail)
+    else:
+        (length,) = struct.unpack(order + "H", head[6:8])
+    start = fh.tell()
+    if length != 0xFFFFFFFF:
+        present = min(length, size - start)
+        needed = native_pixel_bytes(inst)
+        if present < needed:
+            raise InvalidDicom(
+                f"header claims {inst.frames} frame(s) of {inst.rows}×{inst.columns} ({needed} bytes) "
+                f"but the file holds {present} bytes of pixel data",
+                inst.path,
+            )
+        return
+    items, pos = 0, start  # the first item is the Basic Offset Table, then one or more per frame
+    while items <= inst.frames and pos + 8 <= size:
+        fh.seek(pos)
+        tag, item_length = struct.unpack("<II", fh.read(8))
+        if tag != _ITEM_TAG or item_length == 0xFFFFFFFF:
+            break  # sequence delimiter, or not an item: the fragments end here
+        items += 1
+        pos += 8 + item_length
+    if items - 1 < inst.frames:
+        raise InvalidDicom(
+            f"header claims {inst.frames} frame(s) but the encapsulated pixel data holds "
+            f"{max(items - 1, 0)} fragment(s)",
+            inst.path,
+        )
 
 
 def iter_files(root: Path) -> Iterator[Path]:
