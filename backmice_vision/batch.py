@@ -173,13 +173,13 @@ def init_worker(model: str | None, device: str, threads: int) -> None:
 
 def model_tag(model: str | None) -> str:
     """Identifies the weights that produce the results (part of :func:`run_tag`): their checksums."""
-    from .model.bundle import MODELS_DIR
+    from .model.bundle import METADATA, MODELS_DIR
 
     root = Path(model) if model else MODELS_DIR
     parts = []
-    for meta in sorted(root.glob("metadata.json")) + sorted(root.glob("*/metadata.json")):
+    for meta in sorted(root.glob(str(METADATA))) + sorted(root.glob(f"*/{METADATA}")):
         info = json.loads(meta.read_text())
-        parts.append(f"{meta.parent.name}:{info.get('version', '')}:{info.get('sha256', '')}")
+        parts.append(f"{meta.parents[1].name}:{info.get('version', '')}:{info.get('sha256', '')}")
     return "|".join(parts) or "no-model"
 
 

@@ -8,6 +8,7 @@ import pytest
 from model_factory import tiny_bundle
 
 from backmice_vision.cli import main
+from backmice_vision.model.bundle import WEIGHTS
 
 
 def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,7 +22,7 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_model_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = tiny_bundle(tmp_path / "m")
-    (bundle / "model.pt").write_bytes(b"not a model")
+    (bundle / WEIGHTS).write_bytes(b"not a model")
     assert main(["export", "--format", "onnx", "--model", str(bundle), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("backmice: error: ") and "sha256" in err and err.count("\n") == 1

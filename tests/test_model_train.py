@@ -12,7 +12,7 @@ import torch
 from model_factory import SEGMENT_MAP, TINY_NET, write_mr_with_seg
 
 from backmice_vision.errors import ConfigError
-from backmice_vision.model.bundle import load_bundle
+from backmice_vision.model.bundle import CARD, load_bundle
 from backmice_vision.model.train import train
 
 
@@ -63,7 +63,7 @@ def test_train_learns_and_writes_a_bundle(data: Path, tmp_path: Path) -> None:
     b = load_bundle(out)
     assert b.metadata["training"]["epochs_run"] == 3
     assert b.metadata["metrics"]["validation"]["mean_dice"] == max(h["mean_dice"] for h in history)
-    assert "Dice" in (out / "README.md").read_text()
+    assert "Dice" in (out / CARD).read_text()
 
 
 def test_resume_continues_to_the_same_weights(data: Path, tmp_path: Path) -> None:

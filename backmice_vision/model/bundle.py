@@ -1,10 +1,17 @@
-"""Model bundles: ``models/<name>/`` with ``model.pt``, ``metadata.json`` (MONAI-bundle style), ``README.md``.
+"""Model bundles in the MONAI bundle layout, one folder per model (``models/backmice_us``, ``_mr``)::
 
-``metadata.json`` keys: ``version``, ``changelog``, ``monai_version``, ``pytorch_version``, ``name``,
-``modality``, ``task``, ``intended_use``, ``network_data_format`` (inputs.image with ``spacing_mm``,
-``normalisation`` and the :class:`~backmice_vision.model.inference.Preprocessing` under ``preprocessing``;
-outputs.pred.channel_def), ``network`` (MONAI class + kwargs), ``training``, ``metrics``, ``calibration``
-and ``sha256`` of ``model.pt``. :func:`load_bundle` checks all of it before building the network.
+    configs/metadata.json    MONAI metadata (the specification's required keys) + what this library needs
+    configs/inference.json   ``python -m monai.bundle run`` entry: the same outputs as ``backmice detect``
+    models/model.pt          the state dict (its sha256 is in metadata.json; loading checks it)
+    docs/README.md           the model card: intended use, training data, metrics, limits
+
+``metadata.json`` keys: the MONAI ones (``version``, ``changelog``, ``monai_version``, ``pytorch_version``,
+``numpy_version``, ``optional_packages_version``, ``task``, ``description``, ``authors``, ``copyright``,
+``intended_use``, ``network_data_format`` with inputs.image (modality, channel_def, ``spacing_mm``,
+``normalisation`` and the :class:`~backmice_vision.model.inference.Preprocessing` under ``preprocessing``)
+and outputs.pred.channel_def) and ours: ``name``, ``modality``, ``network`` (MONAI class + kwargs),
+``training``, ``metrics``, ``calibration`` and ``sha256`` of the weights. :func:`load_bundle` checks all
+of it before building the network. Nothing here downloads anything (no schema, no weights).
 """
 
 from __future__ import annotations
@@ -28,6 +35,45 @@ if TYPE_CHECKING:
 INTENDED_USE = "research, not diagnosis; trained on synthetic phantoms"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_NAMES = {"US": "backmice_us", "MR": "backmice_mr"}
+# The MONAI bundle layout, relative to the bundle folder.
+METADATA = Path("configs/metadata.json")
+INFERENCE = Path("configs/inference.json")
+WEIGHTS = Path("models/model.pt")
+CARD = Path("docs/README.md")
+# Keys the MONAI bundle specification requires in metadata.json (checked by the tests, offline).
+MONAI_REQUIRED_KEYS = (
+    "version",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "optional_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+)
+AUTHORS = ["backmice_vision developers"]
+COPYRIGHT = "Copyright 2026 the backmice_vision developers; Apache-2.0"
+# configs/inference.json, the same for both models: `python -m monai.bundle run --bundle_root B
+# --config_file B/configs/inference.json --meta_file B/configs/metadata.json --input_path F --output_dir D`.
+INFERENCE_CONFIG: dict[str, Any] = {
+    "imports": [  # one name per import: MONAI's parser ignores the rest
+        "$from backmice_vision.model.bundle import load_bundle",
+        "$from backmice_vision.model.bundle import run_bundle",
+    ],
+    "bundle_root": ".",
+    "input_path": None,
+    "output_dir": "$@bundle_root + '/eval'",
+    "device": "cpu",
+    "formats": "all",
+    "thresholds_config": None,
+    "bundle": "$load_bundle(@bundle_root, device=@device)",
+    "network": "$@bundle.network",
+    "run": "$run_bundle(@bundle_root, @input_path, @output_dir, device=@device, formats=@formats, "
+    "thresholds_config=@thresholds_config)",
+}
+RUN_SECTION = "## Running as a MONAI bundle"
 
 
 @dataclass
@@ -65,6 +111,44 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def input_channels(prep: Preprocessing) -> dict[str, str]:
+    """``channel_def`` of the model input: one B-mode channel (US), 2·context + 1 adjacent slices (MR)."""
+    if prep.modality == "US":
+        return {"0": "B-mode intensity (grey level of the displayed image)"}
+    offsets = range(-prep.context, prep.context + 1)
+    return {str(i): f"slice k{o:+d}" if o else "slice k" for i, o in enumerate(offsets)}
+
+
+def monai_fields(prep: Preprocessing) -> dict[str, Any]:
+    """The metadata keys the MONAI specification requires besides version, task and the data format:
+    the versions of this environment, the packages the bundle's inference needs, description, authors."""
+    import highdicom
+    import monai
+    import numpy
+    import pydicom
+    import torch
+
+    from .. import __version__
+
+    return {
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": numpy.__version__,
+        "optional_packages_version": {
+            "backmice_vision": __version__,
+            "pydicom": pydicom.__version__,
+            "highdicom": highdicom.__version__,
+        },
+        "description": (
+            f"Finds back mice (episacroiliac lipomas) and their fascial defects in lower-back "
+            f"{'ultrasound' if prep.modality == 'US' else 'MR'} DICOM series: 5-class segmentation, "
+            "then measured nodules written as DICOM SEG, SR (TID 1500), Secondary Capture and JSON."
+        ),
+        "authors": list(AUTHORS),
+        "copyright": COPYRIGHT,
+    }
+
+
 def make_metadata(
     *,
     name: str,
@@ -76,19 +160,16 @@ def make_metadata(
     version: str = "0.1.0",
     changelog: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """MONAI-bundle style metadata for a model trained with ``prep`` (``sha256`` is added on save)."""
-    import monai
-    import torch
-
+    """MONAI-bundle metadata for a model trained with ``prep`` (``sha256`` is added on save)."""
     norm = (
         f"per-{'tile' if prep.modality == 'US' else 'volume'} percentiles {list(prep.percentiles)} -> [0, 1]"
     )
+    spatial = [f"{prep.multiple}*n", f"{prep.multiple}*n"]
     return {
-        "schema": "backmice.bundle/1",
+        "schema": "backmice.bundle/2",
         "version": version,
         "changelog": changelog or {version: "first model trained on synthetic phantoms"},
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
+        **monai_fields(prep),
         "name": name,
         "modality": prep.modality,
         "task": f"2-D semantic segmentation of lower-back {prep.modality} ({', '.join(MODEL_CLASSES)})",
@@ -100,12 +181,13 @@ def make_metadata(
                     "format": "magnitude",
                     "modality": prep.modality,
                     "num_channels": prep.in_channels,
-                    "spatial_shape": [f"{prep.multiple}*n", f"{prep.multiple}*n"],
+                    "spatial_shape": spatial,
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "spacing_mm": [prep.spacing_mm, prep.spacing_mm],
                     "normalisation": norm,
                     "is_patch_data": False,
+                    "channel_def": input_channels(prep),
                     "preprocessing": prep.to_dict(),
                 }
             },
@@ -114,8 +196,10 @@ def make_metadata(
                     "type": "probabilities",
                     "format": "segmentation",
                     "num_channels": len(MODEL_CLASSES),
+                    "spatial_shape": spatial,
                     "dtype": "float32",
                     "value_range": [0, 1],
+                    "is_patch_data": False,
                     "channel_def": {str(i): c for i, c in enumerate(MODEL_CLASSES)},
                 }
             },
@@ -127,20 +211,47 @@ def make_metadata(
     }
 
 
+def run_section(name: str) -> str:
+    """The model card's section on the bundle layout and the ``monai.bundle run`` command."""
+    root = f"models/{name}"
+    return "\n".join(
+        [
+            RUN_SECTION,
+            "MONAI bundle layout: `configs/metadata.json`, `configs/inference.json`, `models/model.pt`",
+            "(its sha256 is in the metadata and checked on loading), `docs/README.md` (this card).",
+            "Offline, on one DICOM file or series folder, with the same outputs as `backmice detect`:",
+            "",
+            "```",
+            f"python -m monai.bundle run --bundle_root {root} --config_file {root}/configs/inference.json \\",
+            f"    --meta_file {root}/configs/metadata.json --input_path FILE --output_dir DIR",
+            "```",
+            "",
+            "Overrides: `--device cuda`, `--formats json,seg`, `--thresholds_config configs/inference.yaml`.",
+            "",
+        ]
+    )
+
+
 def save_bundle(
     out_dir: str | Path, state_dict: dict[str, Any], metadata: dict[str, Any], readme: str
 ) -> Path:
-    """Write a bundle atomically: a temporary sibling folder renamed over ``out_dir``. Returns ``out_dir``."""
+    """Write a bundle atomically in the MONAI layout (weights, metadata with their sha256, inference.json,
+    the model card ``readme`` with :func:`run_section` appended): a temporary sibling folder renamed over
+    ``out_dir``. Returns ``out_dir``."""
     import torch
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        torch.save(state_dict, tmp / "model.pt")
-        meta = dict(metadata, sha256=sha256_of(tmp / "model.pt"))
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "README.md").write_text(readme)
+        for rel in (METADATA, WEIGHTS, CARD):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state_dict, tmp / WEIGHTS)
+        meta = dict(metadata, sha256=sha256_of(tmp / WEIGHTS))
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / INFERENCE).write_text(json.dumps(INFERENCE_CONFIG, indent=2) + "\n")
+        card = readme if RUN_SECTION in readme else readme.rstrip("\n") + "\n\n" + run_section(out.name)
+        (tmp / CARD).write_text(card)
         os.chmod(tmp, 0o755)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -157,27 +268,33 @@ def save_bundle(
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """``metadata.json`` of a bundle folder, checked for the keys this library needs."""
+    """``configs/metadata.json`` of a bundle folder, checked for the keys this library needs."""
     folder = Path(path)
-    meta_path = folder / "metadata.json"
+    meta_path = folder / METADATA
     if not folder.is_dir():
         raise ModelError("model folder not found", folder)
     if not meta_path.is_file():
-        raise ModelError("model folder has no metadata.json", folder)
+        if (folder / "metadata.json").is_file():
+            raise ModelError(
+                f"model folder has the old flat layout: move metadata.json to {METADATA}, "
+                f"model.pt to {WEIGHTS}, README.md to {CARD}",
+                folder,
+            )
+        raise ModelError(f"model folder has no {METADATA}", folder)
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"metadata.json is not valid JSON ({type(exc).__name__})", folder) from exc
+        raise ModelError(f"{METADATA} is not valid JSON ({type(exc).__name__})", folder) from exc
     if not isinstance(meta, dict):
-        raise ModelError("metadata.json is not a JSON object", folder)
+        raise ModelError(f"{METADATA} is not a JSON object", folder)
     for key in ("modality", "network", "network_data_format", "sha256"):
         if key not in meta:
-            raise ModelError(f"metadata.json lacks {key!r}", folder)
+            raise ModelError(f"{METADATA} lacks {key!r}", folder)
     try:
         channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
         classes = tuple(channels[str(i)] for i in range(len(channels)))
     except (KeyError, TypeError) as exc:
-        raise ModelError("metadata.json has no valid outputs.pred.channel_def", folder) from exc
+        raise ModelError(f"{METADATA} has no valid outputs.pred.channel_def", folder) from exc
     if classes != MODEL_CLASSES:
         raise ModelError(f"model classes {classes} differ from this library's {MODEL_CLASSES}", folder)
     return meta
@@ -186,8 +303,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_bundle(
     path: str | Path, *, modality: str | None = None, device: str | torch.device = "cpu"
 ) -> Bundle:
-    """Load and verify a bundle: metadata, classes, modality (when given), ``sha256`` of ``model.pt``,
-    and that the weights fit the network. Every failure is a one-line :class:`ModelError`."""
+    """Load and verify a bundle: metadata, classes, modality (when given), ``sha256`` of
+    ``models/model.pt``, and that the weights fit the network (strict). Every failure is a one-line
+    :class:`ModelError`."""
     import torch
 
     from .inference import resolve_device
@@ -197,32 +315,57 @@ def load_bundle(
     meta = read_metadata(folder)
     if modality is not None and str(meta["modality"]).upper() != modality.upper():
         raise ModelError(f"model is for {meta['modality']}, the series is {modality}", folder)
-    weights = folder / "model.pt"
+    weights = folder / WEIGHTS
     if not weights.is_file():
-        raise ModelError("model folder has no model.pt", folder)
+        raise ModelError(f"model folder has no {WEIGHTS}", folder)
     if sha256_of(weights) != meta["sha256"]:
-        raise ModelError("model.pt does not match the sha256 in metadata.json (corrupt or replaced)", folder)
+        raise ModelError(f"{WEIGHTS} does not match the sha256 in {METADATA} (corrupt or replaced)", folder)
     try:
         prep = Preprocessing.from_dict(meta["network_data_format"]["inputs"]["image"]["preprocessing"])
     except (KeyError, TypeError) as exc:
-        raise ModelError("metadata.json has no inputs.image.preprocessing", folder) from exc
+        raise ModelError(f"{METADATA} has no inputs.image.preprocessing", folder) from exc
     if prep.modality != str(meta["modality"]).upper():
-        raise ModelError("metadata.json modality and preprocessing disagree", folder)
+        raise ModelError(f"{METADATA} modality and preprocessing disagree", folder)
     try:
         net = build_network(meta["network"])
     except ModelError as exc:
         raise ModelError(exc.reason, folder) from exc
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+        net.load_state_dict(state)  # strict: a missing or unexpected key is an error
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model.pt does not fit the network ({first[:160]})", folder) from exc
+        raise ModelError(f"{WEIGHTS} does not fit the network ({first[:160]})", folder) from exc
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     net.to(dev).eval()
     if dev.type == "cpu":  # oneDNN's NHWC convolutions: the forward pass ~30 % faster on CPU, same values
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # a kwarg the stubs lack
     return Bundle(folder, meta, net, prep)
+
+
+def run_bundle(
+    bundle_root: str | Path,
+    input_path: str | Path | None,
+    output_dir: str | Path,
+    *,
+    device: str = "cpu",
+    formats: str = "all",
+    thresholds_config: str | Path | None = None,
+) -> None:
+    """``configs/inference.json``'s ``run``: ``backmice detect input_path --out output_dir --model
+    bundle_root`` through the same CLI code, so the outputs and the one-line errors are the same.
+    A failure exits with the CLI's code (1 bad input or model, 2 usage) instead of a traceback."""
+    from ..cli import main
+
+    if input_path is None:
+        raise SystemExit("backmice bundle: error: give the DICOM file or folder with --input_path")
+    argv = ["detect", str(input_path), "--out", str(output_dir), "--model", str(bundle_root)]
+    argv += ["--device", device, "--formats", formats]
+    if thresholds_config is not None:
+        argv += ["--config", str(thresholds_config)]
+    rc = main(argv)
+    if rc:
+        raise SystemExit(rc)
 
 
 def default_bundle_dir(modality: str) -> Path:
