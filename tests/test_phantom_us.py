@@ -77,9 +77,7 @@ class LayeredBack:
         return lab
 
 
-PROBE = us.ProbeSettings(
-    frequency_mhz=15.0, depth_mm=40.0, width_mm=40.0, pixel_mm=0.08, tgc_error_db=0.0, tgc_alpha_db_cm_mhz=0.7
-)
+PROBE = us.ProbeSettings(frequency_mhz=15.0, depth_mm=40.0, width_mm=40.0, pixel_mm=0.08, tgc_error_db=0.0)
 NO_SEPTA = {"fat_septa_db": 0.0, "fat_alpha": 0.7, "deep_fat_db": 0.0}
 
 
@@ -313,3 +311,115 @@ def test_random_probe_ranges_and_bad_settings():
         us.ScanPlane((0.0, 100.0, 0.0), lateral_dir=(1.0, 0.0, 0.0), beam_dir=(1.0, -1.0, 0.0))
     with pytest.raises(ConfigError, match="unknown echo setting"):
         us.random_echo(rng, {"bogus": 1})
+
+
+def _coherence(log_image: np.ndarray, mask: np.ndarray, pixel_mm: float) -> float:
+    """Structure-tensor coherence ((l1 - l2) / (l1 + l2))^2 of the tensor averaged over ``mask``, on the
+    tissue scale: speckle smoothed out (0.25 mm), tensor integrated over 1 mm."""
+    from skimage.feature import structure_tensor
+
+    arr = ndimage.gaussian_filter(log_image.astype(np.float64), 0.25 / pixel_mm)
+    a_rr, a_rc, a_cc = structure_tensor(arr, sigma=1.0 / pixel_mm, order="rc")
+    t_rr, t_rc, t_cc = (float(v[mask].mean()) for v in (a_rr, a_rc, a_cc))
+    root = math.sqrt((t_rr - t_cc) ** 2 + 4 * t_rc**2)
+    return (root / (t_rr + t_cc)) ** 2
+
+
+def _real_planes(n_subjects: int = 4, p_longitudinal: float = 0.0) -> list[us.BModeImage]:
+    from backmice_vision.phantoms.anatomy import make_subject
+
+    out = []
+    for seed in range(n_subjects):
+        subject = make_subject(100 + seed)
+        rng = np.random.default_rng(seed)
+        (plane,) = us.plan_planes(subject, rng, 1, p_on_nodule=0.5, p_longitudinal=p_longitudinal)
+        probe = us.random_probe(rng, {"depth_mm": [40.0, 60.0]})
+        out.append(us.simulate_bmode(subject, plane, probe, rng))
+    return out
+
+
+def test_deep_field_fades_to_the_noise_floor_instead_of_brightening():
+    for img in _real_planes():
+        rows = img.image.shape[0]
+        middle = img.image[int(0.4 * rows) : int(0.6 * rows)].mean()
+        deepest = img.image[int(0.85 * rows) :].mean()
+        assert deepest <= middle, (deepest, middle)
+        # where the echo is gone the display shows gain-limited noise: dark, never a white band
+        assert deepest < 0.35 * 255
+    # a probe whose TGC over-compensates is still gain-limited at the noise ceiling
+    over = us.ProbeSettings(depth_mm=40.0, width_mm=40.0, pixel_mm=0.08, tgc_fraction=1.2, tgc_error_db=10.0)
+    img = _image(-100.0, probe=over)
+    level = _log(img.envelope[_rows(30.0, 40.0), :])
+    noise_only = img.labels[_rows(30.0, 40.0), :] == Tissue.MUSCLE
+    assert np.median(level[noise_only]) < over.noise_ceiling_db + 25.0
+
+
+def test_muscle_texture_is_more_anisotropic_than_fat():
+    """Long-axis views of the paraspinal muscle show pennate fascicle stripes; fat shows curved septa."""
+    from backmice_vision.phantoms.anatomy import AnatomyConfig, make_subject
+
+    gaps = []
+    for seed in range(6):
+        subject = make_subject(200 + seed, AnatomyConfig(habitus="lean"))
+        x, z = 30.0 + 5 * (seed % 3), 15.0  # over the erector spinae, above the iliac crest (no bone)
+        plane = us.ScanPlane((x, float(subject.skin_y(x, z)), z), (0.0, 0.0, 1.0), (0.0, -1.0, 0.0))
+        probe = us.ProbeSettings(frequency_mhz=12.0, depth_mm=35.0, width_mm=40.0, pixel_mm=0.08)
+        img = us.simulate_bmode(subject, plane, probe, np.random.default_rng(seed))
+        logi = _log(img.envelope)
+        muscle = ndimage.binary_erosion(img.labels == Tissue.MUSCLE, iterations=15)
+        fat = ndimage.binary_erosion(
+            np.isin(img.labels, [Tissue.SUPERFICIAL_FAT, Tissue.DEEP_FAT]), iterations=15
+        )
+        if fat.sum() < 15000:  # a thin fat layer measures its bounding lines, not its texture
+            continue
+        assert muscle.sum() > 5000
+        px = img.pixel_mm[0]
+        gaps.append(_coherence(logi, muscle, px) - _coherence(logi, fat, px))
+    assert len(gaps) >= 3, gaps
+    assert float(np.mean(gaps)) > 0.1 and min(gaps) > -0.05, gaps
+
+
+def test_fascia_is_specular_brighter_than_fat_and_dimmer_when_tilted():
+    rng = np.random.default_rng(0)
+    echo = us.random_echo(rng, {**NO_SEPTA, "tlf_db": 22.0, "tlf_specular_db": 10.0})
+
+    def tlf_level(tilt_deg: float) -> tuple[float, float]:
+        t = math.radians(tilt_deg)  # heel-toe: the beam turns about the array (x) axis
+        plane = us.ScanPlane((-100.0, SKIN_Y, 0.0), (1.0, 0.0, 0.0), (0.0, -math.cos(t), math.sin(t)))
+        img = us.simulate_bmode(LayeredBack(), plane, PROBE, np.random.default_rng(1), echo=echo)
+        logi = _log(img.envelope)
+        return float(logi[img.labels == Tissue.TLF].mean()), float(logi[img.labels == Tissue.DEEP_FAT].mean())
+
+    straight, fat = tlf_level(0.0)
+    tilted, fat_tilted = tlf_level(9.0)
+    assert straight > fat + 6.0 and tilted > fat_tilted  # still brighter than fat
+    assert tilted < straight - 5.0  # the specular part is lost ~2 lobe widths off the normal
+
+
+def test_lateral_resolution_is_best_at_the_focus():
+    probe = us.ProbeSettings(focus_mm=15.0, depth_of_field_mm=8.0, lateral_fwhm_mm_at_15mhz=0.4)
+    fwhm = probe.lateral_fwhm_at(np.array([5.0, 15.0, 35.0]))
+    assert fwhm[1] == pytest.approx(0.4) and fwhm[0] > fwhm[1] and fwhm[2] > 2 * fwhm[1]
+    # measured on speckle: lateral correlation length at the focus is shorter than far from it
+    img = _image(-100.0, probe=us.ProbeSettings(depth_mm=40.0, width_mm=40.0, pixel_mm=0.08, focus_mm=6.0))
+
+    def lateral_corr(r0: float, r1: float) -> float:
+        env = img.envelope[_rows(r0, r1), 20:-20]
+        env = env - env.mean(axis=1, keepdims=True)
+        return float((env[:, 3:] * env[:, :-3]).sum() / (env * env).sum())
+
+    assert lateral_corr(4.0, 8.0) < lateral_corr(25.0, 29.0)
+
+
+def test_the_probe_flattens_the_skin():
+    from backmice_vision.phantoms.anatomy import make_subject
+
+    subject = make_subject(3)
+    rng = np.random.default_rng(2)
+    for plane in us.plan_planes(subject, rng, 3, p_on_nodule=0.0):
+        img = us.simulate_bmode(
+            subject, plane, us.ProbeSettings(depth_mm=30.0, width_mm=50.0, pixel_mm=0.1), rng
+        )
+        # the body starts within a pixel of the transducer face in every column, even on a curved back
+        first = np.argmax(img.labels != Tissue.AIR, axis=0)
+        assert np.all(first <= 1) and img.labels[0].max() > 0

@@ -428,8 +428,16 @@ class Subject:
         lab[sacrum] = Tissue.BONE
         crest = pz + (0 - pz) * _smoothstep(ax, px, px + 50)
         over = 4 + 25 * _smoothstep(ax, px + 30, px + 90)
+        # a 10 mm plate whose edges (medial end, crest line) taper to a rounded tip over 8 mm
+        taper = f32(5.0) * (
+            1 - np.minimum(_smoothstep(crest - z, 0.0, 8.0), _smoothstep(ax - (px - 8), 0.0, 8.0))
+        )
         ilium = (
-            (ax > px - 8) & (z < crest) & (below > over) & (below < over + 10) & (y > -0.3 * self.half_ap_mm)
+            (ax > px - 8)
+            & (z < crest)
+            & (below > over + taper)
+            & (below < over + 10 - taper)
+            & (y > -0.3 * self.half_ap_mm)
         )
         lab[ilium] = Tissue.BONE
         lab[(x / 11) ** 2 + ((y - y_canal) / 8) ** 2 < 1] = Tissue.CSF

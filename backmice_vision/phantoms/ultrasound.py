@@ -17,9 +17,24 @@ point-spread function (axial FWHM = half the pulse length, lateral FWHM 0.3-0.5 
 by 1/f, elevational FWHM about 1 mm). Demodulating a Gaussian-modulated sinusoid at its centre frequency
 leaves its Gaussian envelope, so ``|IQ|`` is the envelope the Hilbert transform of the RF would give.
 Round-trip frequency-dependent attenuation ``2 * alpha * f * z`` accumulates along each beam, electronic
-noise is added, a TGC compensates a nominal attenuation with a residual error, and the envelope is
-log-compressed into the dynamic range. The physics grid is twice as fine as the output axially.
-Not modelled: refraction, speed-of-sound depth errors, reverberation, focusing, frequency downshift.
+noise is added, and a TGC compensates only part (``tgc_fraction``) of the loss of a typical column, with
+a residual error, and never amplifies the electronic noise above ``noise_ceiling_db`` (scanners limit
+gain where the echo is not above the noise, domain.md §3 [39]): the deep field fades to a dark, uniform
+noise floor instead of brightening. The envelope is then log-compressed into the dynamic range.
+
+* Focus: the lateral FWHM is smallest at ``focus_mm`` and grows as ``sqrt(1 + ((z - focus) / dof)^2)``
+  (a Gaussian beam with depth of field ``depth_of_field_mm``), applied in 1.5 mm depth bands.
+* Specular fascia: the thoracolumbar fascia's echo has a specular part that falls off with the angle
+  between the beam and the fascia normal (``exp(-(theta / specular_width_deg)^2)``; it dims when the
+  beam is a few degrees off perpendicular, domain.md §3 [36]). The normal is measured on the subject
+  (the fascia's top in the plane and in two planes +-0.5 mm in elevation).
+* Reverberation: the near field between the transducer and the fascia repeats once below it
+  (``reverb_db`` below the original), plus near-field clutter in the top 1-3 mm [43].
+* Contact: the probe flattens the skin (each column's points shift along the beam so the skin starts at
+  the transducer face), as a probe pressed on gel does; the labels and measurements use the same points.
+
+The physics grid is twice as fine as the output axially.
+Not modelled: refraction, speed-of-sound depth errors, frequency downshift, elevational focusing.
 """
 
 from __future__ import annotations
@@ -62,8 +77,12 @@ class ProbeSettings:
 
     ``pixel_mm`` is the (square) output pixel; ``speed_of_sound_m_s`` is the scanner's assumed speed,
     used for the wavelength. ``noise_db`` is the electronic noise power relative to fat backscatter at
-    the transducer face, before TGC. ``tgc_alpha_db_cm_mhz`` is the nominal attenuation the TGC
-    compensates (round trip); ``tgc_error_db`` is its residual error, reached at the full depth.
+    the transducer face, before TGC. The TGC follows the round-trip loss of a typical column (as a
+    sonographer sets its sliders), ``tgc_fraction`` is the share of it applied (1 = full compensation)
+    and ``tgc_error_db`` a residual error reached at the full depth; ``noise_ceiling_db`` caps the total
+    TGC gain so that the electronic noise never rises above that level (dB vs fat at the face).
+    ``focus_mm`` / ``depth_of_field_mm`` shape the lateral beam width with depth;
+    ``specular_width_deg`` is the fascia's specular lobe; ``reverb_db`` the reverberation level.
     """
 
     frequency_mhz: float = 15.0
@@ -77,8 +96,13 @@ class ProbeSettings:
     pulse_cycles: float = 2.5
     lateral_fwhm_mm_at_15mhz: float = 0.4
     elevation_fwhm_mm: float = 1.0
-    noise_db: float = -85.0
-    tgc_alpha_db_cm_mhz: float = 0.7
+    noise_db: float = -100.0
+    tgc_fraction: float = 0.9
+    noise_ceiling_db: float = -14.0
+    focus_mm: float = 20.0
+    depth_of_field_mm: float = 12.0
+    specular_width_deg: float = 5.0
+    reverb_db: float = -28.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -91,6 +115,12 @@ class ProbeSettings:
             "pulse_cycles": (0.5, 10.0),
             "lateral_fwhm_mm_at_15mhz": (0.05, 5.0),
             "elevation_fwhm_mm": (0.1, 10.0),
+            "tgc_fraction": (0.0, 1.2),
+            "noise_ceiling_db": (-80.0, 20.0),
+            "focus_mm": (1.0, 200.0),
+            "depth_of_field_mm": (1.0, 200.0),
+            "specular_width_deg": (0.5, 90.0),
+            "reverb_db": (-200.0, 0.0),
         }
         for name, (lo, hi) in checks.items():
             value = getattr(self, name)
@@ -111,8 +141,13 @@ class ProbeSettings:
 
     @property
     def lateral_fwhm_mm(self) -> float:
-        """Lateral resolution, scaling with 1/f from its value at 15 MHz."""
+        """Lateral resolution at the focus, scaling with 1/f from its value at 15 MHz."""
         return self.lateral_fwhm_mm_at_15mhz * 15.0 / self.frequency_mhz
+
+    def lateral_fwhm_at(self, depth_mm: np.ndarray) -> np.ndarray:
+        """Lateral FWHM (mm) at ``depth_mm``: a Gaussian beam narrowest at ``focus_mm``."""
+        grow = (np.asarray(depth_mm, np.float64) - self.focus_mm) / self.depth_of_field_mm
+        return self.lateral_fwhm_mm * np.sqrt(1.0 + grow**2)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -121,7 +156,9 @@ class ProbeSettings:
 
 
 # Ranges of random_probe (phantom parameter table: linear 12-18 MHz, depth 3-6 cm, width 38-50 mm,
-# pixel 0.05-0.1 mm, log compression 50-70 dB; pulse, beam widths and noise [E]).
+# pixel 0.05-0.1 mm, log compression 50-70 dB; focus at the fascia, 1-3 cm, anatomy.md §3; fascia
+# anisotropy within ~5 degrees [36]; reverberation [43]; pulse, beam widths, noise, TGC share and
+# its gain limit [E]).
 PROBE_RANGES: dict[str, tuple[float, float]] = {
     "frequency_mhz": (12.0, 18.0),
     "depth_mm": (30.0, 60.0),
@@ -134,8 +171,13 @@ PROBE_RANGES: dict[str, tuple[float, float]] = {
     "pulse_cycles": (2.0, 3.0),
     "lateral_fwhm_mm_at_15mhz": (0.3, 0.5),
     "elevation_fwhm_mm": (0.8, 1.5),
-    "noise_db": (-90.0, -80.0),
-    "tgc_alpha_db_cm_mhz": (0.6, 0.8),
+    "noise_db": (-110.0, -95.0),
+    "tgc_fraction": (0.85, 1.0),
+    "noise_ceiling_db": (-18.0, -8.0),
+    "focus_mm": (10.0, 30.0),
+    "depth_of_field_mm": (8.0, 20.0),
+    "specular_width_deg": (3.0, 7.0),
+    "reverb_db": (-35.0, -20.0),
 }
 MAX_RANDOM_ROWS = 900  # random_probe coarsens the pixel so that an image has at most this many rows
 
@@ -166,6 +208,11 @@ def _draw(
 def random_probe(rng: np.random.Generator, config: Mapping[str, Any] | None = None) -> ProbeSettings:
     """Draw probe and display settings; ``config`` maps a setting name to a number or ``[low, high]``."""
     values = _draw(rng, PROBE_RANGES, config, "probe")
+    # a deeper preset uses a lower frequency: at most ~600 / depth MHz (40 mm: 15 MHz, 60 mm: 10 MHz),
+    # kept inside the configured frequency range (anatomy.md §3 "Depth and focus") [E]
+    f_range = (config or {}).get("frequency_mhz", PROBE_RANGES["frequency_mhz"])
+    f_low = float(f_range) if isinstance(f_range, (int, float)) else float(f_range[0])
+    values["frequency_mhz"] = max(f_low, min(values["frequency_mhz"], 600.0 / values["depth_mm"]))
     values["pixel_mm"] = min(max(values["pixel_mm"], values["depth_mm"] / MAX_RANDOM_ROWS), 1.0)
     return ProbeSettings(**values)
 
@@ -193,6 +240,10 @@ class TissueEcho:
     fat_septa_db: float = 8.0
     fat_lobule_mm: float = 6.0
     fat_septa_mm: float = 0.2
+    muscle_pennation_deg: float = 15.0  # striations tilted this much from the skin (pennate fibres)
+    tlf_specular_db: float = 10.0  # part of the TLF echo lost when the beam is far off its normal
+    clutter_db: float = -10.0  # near-field clutter at the face (dB vs fat), decaying over clutter_mm
+    clutter_mm: float = 1.2
 
 
 # Backscatter relative to fat [phantom parameter table]: skin +10..+20, superficial fascia +12..+18,
@@ -219,10 +270,16 @@ ECHO_RANGES: dict[str, tuple[float, float]] = {
     "bone_alpha": (20.0, 20.0),
     "tlf_dark_db": (8.0, 12.0),
     "tlf_sublayer_mm": (0.25, 0.45),
-    "muscle_striation_db": (6.0, 10.0),
+    "muscle_striation_db": (8.0, 12.0),
     "muscle_striation_mm": (0.8, 1.6),
     "fat_septa_db": (6.0, 10.0),
     "fat_lobule_mm": (4.0, 9.0),
+    # pennation of erector spinae / multifidus fascicles, 5-25 degrees [E]; the specular share of the
+    # fascia echo (it dims by ~10 dB a few degrees off perpendicular [36]) [E]; near-field clutter [43] [E]
+    "muscle_pennation_deg": (5.0, 25.0),
+    "tlf_specular_db": (8.0, 14.0),
+    "clutter_db": (-15.0, -5.0),
+    "clutter_mm": (0.7, 2.0),
 }
 
 
@@ -277,6 +334,10 @@ def random_echo(rng: np.random.Generator, config: Mapping[str, Any] | None = Non
         muscle_striation_mm=v["muscle_striation_mm"],
         fat_septa_db=v["fat_septa_db"],
         fat_lobule_mm=v["fat_lobule_mm"],
+        muscle_pennation_deg=v["muscle_pennation_deg"],
+        tlf_specular_db=v["tlf_specular_db"],
+        clutter_db=v["clutter_db"],
+        clutter_mm=v["clutter_mm"],
     )
 
 
@@ -284,7 +345,7 @@ def random_echo(rng: np.random.Generator, config: Mapping[str, Any] | None = Non
 # planes
 
 
-def _unit(v: Sequence[float]) -> np.ndarray:
+def _unit(v: Sequence[float] | np.ndarray) -> np.ndarray:
     a = np.asarray(v, dtype=np.float64)
     n = float(np.linalg.norm(a))
     if not math.isfinite(n) or n < 1e-9:
@@ -337,14 +398,18 @@ class ScanPlane:
         return (float(p[0]), float(p[1]), float(p[2]))
 
 
-def _orientation(subject: SubjectLike, x: float, z: float, tilt_deg: float) -> tuple[Vec3, Vec3]:
-    """Transverse (lateral, beam) at skin point (x, z): beam along the inward skin normal averaged over
-    the probe footprint (slopes over +-15 mm laterally, +-5 mm in elevation), tilted heel-toe."""
-    hx, hz = 15.0, 5.0
+def _orientation(
+    subject: SubjectLike, x: float, z: float, tilt_deg: float, longitudinal: bool = False
+) -> tuple[Vec3, Vec3]:
+    """(lateral, beam) at skin point (x, z): beam along the inward skin normal averaged over the probe
+    footprint (slopes over +-15 mm along the array, +-5 mm across it), tilted heel-toe. The array runs
+    along +x (transverse image) or, ``longitudinal``, along +z (head at the right of the image)."""
+    hx, hz = (5.0, 15.0) if longitudinal else (15.0, 5.0)
     dydx = (float(subject.skin_y(x + hx, z)) - float(subject.skin_y(x - hx, z))) / (2 * hx)
     dydz = (float(subject.skin_y(x, z + hz)) - float(subject.skin_y(x, z - hz))) / (2 * hz)
     beam = -_unit((-dydx, 1.0, -dydz))
-    lateral = _unit(np.array([1.0, 0.0, 0.0]) - beam[0] * beam)
+    axis = np.array([0.0, 0.0, 1.0]) if longitudinal else np.array([1.0, 0.0, 0.0])
+    lateral = _unit(axis - float(beam @ axis) * beam)
     if tilt_deg:  # rotate the beam about the array axis (Rodrigues; beam is perpendicular to lateral)
         a = math.radians(tilt_deg)
         beam = beam * math.cos(a) + np.cross(lateral, beam) * math.sin(a)
@@ -358,38 +423,48 @@ def plan_planes(
     n: int,
     p_on_nodule: float = 0.7,
     max_tilt_deg: float = 5.0,
+    p_longitudinal: float = 0.0,
 ) -> list[ScanPlane]:
-    """Transverse scan planes with the contact point on the skin.
+    """Scan planes with the contact point on the skin, transverse or (``p_longitudinal``) longitudinal.
 
     With probability ``p_on_nodule`` (when the subject has nodules) a plane is centred over a random
-    nodule: lateral jitter up to 6 mm and cranio-caudal offset within 60 % of the nodule's ``z``
+    nodule: jitter up to 6 mm along the array and an offset across it within 60 % of the nodule's
     semi-axis, so the plane cuts it. Otherwise the plane is placed anywhere over the lumbosacral back
     (``|x|`` 10-100 mm, ``z`` -60..+30 mm), which may or may not contain a nodule (the labels tell).
     The beam follows the skin normal, tilted heel-toe by up to ``max_tilt_deg``.
     """
-    if n < 0 or not 0.0 <= p_on_nodule <= 1.0:
-        raise ConfigError(f"plan_planes needs n >= 0 and 0 <= p_on_nodule <= 1, got n={n}, p={p_on_nodule}")
+    if n < 0 or not 0.0 <= p_on_nodule <= 1.0 or not 0.0 <= p_longitudinal <= 1.0:
+        raise ConfigError(
+            f"plan_planes needs n >= 0 and probabilities in [0, 1], got {n}, {p_on_nodule}, {p_longitudinal}"
+        )
     nodules = list(subject.nodules)
     planes = []
     for _ in range(n):
         tilt = float(rng.uniform(-max_tilt_deg, max_tilt_deg))
+        longitudinal = bool(p_longitudinal > 0 and rng.random() < p_longitudinal)
         if nodules and rng.random() < p_on_nodule:
             nod = nodules[int(rng.integers(len(nodules)))]
             cx, _, cz = (float(v) for v in nod.center_mm)
-            semi_z = float(nod.semi_axes_mm[2])
-            x = cx + float(rng.uniform(-6.0, 6.0))
-            target = np.array([x, float(nod.center_mm[1]), cz + float(rng.uniform(-0.6, 0.6)) * semi_z])
-            lateral, beam = _orientation(subject, x, float(target[2]), tilt)
+            if longitudinal:
+                x = cx + float(rng.uniform(-0.6, 0.6)) * float(nod.semi_axes_mm[0])
+                z0 = cz + float(rng.uniform(-6.0, 6.0))
+            else:
+                x = cx + float(rng.uniform(-6.0, 6.0))
+                z0 = cz + float(rng.uniform(-0.6, 0.6)) * float(nod.semi_axes_mm[2])
+            target = np.array([x, float(nod.center_mm[1]), z0])
+            lateral, beam = _orientation(subject, x, z0, tilt, longitudinal)
             normal = np.cross(lateral, beam)
-            z = float(target[2])
+            across = 0 if longitudinal else 2  # the coordinate the plane normal mostly moves
+            pos = [x, 0.0, z0]
             for _ in range(4):  # slide the contact point along the skin until the plane cuts the target
-                contact = np.array([x, float(subject.skin_y(x, z)), z])
-                z += float((target - contact) @ normal) / normal[2]
-            planes.append(ScanPlane((x, float(subject.skin_y(x, z)), z), lateral, beam, int(nod.id)))
+                contact = np.array([pos[0], float(subject.skin_y(pos[0], pos[2])), pos[2]])
+                pos[across] += float((target - contact) @ normal) / normal[across]
+            px_, pz_ = pos[0], pos[2]
+            planes.append(ScanPlane((px_, float(subject.skin_y(px_, pz_)), pz_), lateral, beam, int(nod.id)))
         else:
             x = float(rng.uniform(10.0, 100.0)) * (1.0 if rng.random() < 0.5 else -1.0)
             z = float(rng.uniform(-60.0, 30.0))
-            lateral, beam = _orientation(subject, x, z, tilt)
+            lateral, beam = _orientation(subject, x, z, tilt, longitudinal)
             planes.append(ScanPlane((x, float(subject.skin_y(x, z)), z), lateral, beam, None))
     return planes
 
@@ -447,16 +522,21 @@ def _make_scene(subject: SubjectLike, rng: np.random.Generator, echo: TissueEcho
         lo, hi = echo.oedematous_nodule_db if getattr(nod, "variant", "") == "oedematous" else echo.nodule_db
         nodule_db[int(nod.id)] = float(rng.uniform(lo, hi))
     # Fat lobules: the zero set of a sum of random plane waves (wavelength ~ lobule size) draws a
-    # network of thin curved septa; muscle: waves along the depth with small tilts draw striations
-    # roughly parallel to the skin. Both are functions of body coordinates, fixed in the tissue.
+    # network of thin curved septa. Both textures are functions of body coordinates, fixed in the tissue.
     kdir = rng.normal(size=(6, 3))
     kdir /= np.linalg.norm(kdir, axis=1, keepdims=True)
     fat_k = kdir / (echo.fat_lobule_mm * rng.uniform(0.7, 1.3, size=(6, 1)))
-    mdir = np.column_stack([rng.normal(0, 0.08, 3), np.ones(3), rng.normal(0, 0.08, 3)])
-    mdir /= np.linalg.norm(mdir, axis=1, keepdims=True)
-    muscle_k = mdir / (echo.muscle_striation_mm * rng.uniform(0.7, 1.3, size=(3, 1)))
+    # fascicles run cranio-caudally (z), pennate towards the depth: the texture is constant along the fibre
+    # axis, so a transverse plane shows dots ("starry sky") and a longitudinal one oblique stripes
+    pen = math.radians(echo.muscle_pennation_deg) * (1.0 if rng.random() < 0.5 else -1.0)
+    fibre = np.array([0.0, math.sin(pen), math.cos(pen)])
+    e1 = np.array([1.0, 0.0, 0.0])
+    e2 = np.cross(fibre, e1)
+    theta = rng.uniform(0, np.pi, 10)
+    mdir = np.cos(theta)[:, None] * e1 + np.sin(theta)[:, None] * e2
+    muscle_k = mdir / (echo.muscle_striation_mm * rng.uniform(0.85, 1.15, size=(10, 1)))
     return _Scene(
-        echo, nodule_db, (fat_k, rng.uniform(0, 2 * np.pi, 6)), (muscle_k, rng.uniform(0, 2 * np.pi, 3))
+        echo, nodule_db, (fat_k, rng.uniform(0, 2 * np.pi, 6)), (muscle_k, rng.uniform(0, 2 * np.pi, 10))
     )
 
 
@@ -523,7 +603,7 @@ def _echo_db(
     muscle = labels == Tissue.MUSCLE
     if muscle.any() and echo.muscle_striation_db:
         s = _waves(points[muscle], scene.muscle_waves)
-        db_map[muscle] += echo.muscle_striation_db * np.clip((s - 1.0) / 0.8, 0.0, 1.0)
+        db_map[muscle] += echo.muscle_striation_db * np.clip(s / 1.5, 0.0, 1.0)  # septa over half the area
     # nodules: per-nodule echogenicity (0..+3 dB, oedematous -3..-6 dB); the capsule and the septa
     # parallel to the skin are NODULE_CAPSULE labels of the anatomy (+8..+12 dB)
     body = (labels == Tissue.NODULE) | (labels == Tissue.STALK)
@@ -547,6 +627,74 @@ def _complex_noise(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarr
     return z
 
 
+def conformed_points(
+    subject: SubjectLike, plane: ScanPlane, rows: int, cols: int, pixel_mm: float
+) -> np.ndarray:
+    """LPS mm of the pixel centres (float32 ``(rows, cols, 3)``) with the skin flattened onto the face.
+
+    Each column slides along the beam by the gap between the contact line and the skin below it, as
+    tissue pressed by a probe on gel does; a column whose ray never meets the skin (off the body) stays.
+    """
+    pts = plane.points(rows, cols, (pixel_mm, pixel_mm))
+    w = np.asarray(plane.beam_dir, np.float32)
+    top = pts[0]
+    down = -float(w[1])
+    if down < 0.2:  # a beam this oblique to the back is no contact scan: keep the plain geometry
+        return pts
+    gap = (top[:, 1] - np.asarray(subject.skin_y(top[:, 0], top[:, 2]), np.float32)) / np.float32(down)
+    gap = np.clip(gap - 0.5 * pixel_mm, 0.0, rows * pixel_mm).astype(np.float32)
+    return pts + gap[None, :, None] * w[None, None, :]
+
+
+def _fascia_angle_deg(
+    subject: SubjectLike, plane: ScanPlane, points: np.ndarray, labels: np.ndarray, pixel_mm: float
+) -> np.ndarray:
+    """Angle (degrees) between the beam and the fascia normal per column (NaN without fascia).
+
+    The fascia's top is found along each beam in the plane and in two planes +-0.5 mm in elevation
+    (labels queried only in a window around it); its slopes give the normal.
+    """
+    rows, cols = labels.shape
+    tlf = labels == Tissue.TLF
+    has = tlf.any(axis=0)
+    out = np.full(cols, np.nan, np.float32)
+    if not has.any():
+        return out
+    top = np.argmax(tlf, axis=0)
+    nrm = plane.normal.astype(np.float32)
+    half = min(rows, round(3.0 / pixel_mm))
+    jj = np.nonzero(has)[0]
+    offs = np.arange(-half, half + 1)
+    win = np.clip(top[jj][None, :] + offs[:, None], 0, rows - 1)  # (window, n)
+    base = points[win, jj[None, :]]  # (window, n, 3)
+    depth_top = top.astype(np.float32) * pixel_mm
+    slopes_e = []
+    for e in (-0.5, 0.5):
+        lab = np.asarray(subject.labels_at(base + np.float32(e) * nrm), np.uint8)
+        hit = lab == Tissue.TLF
+        first = np.where(hit.any(axis=0), np.argmax(hit, axis=0), half)
+        slopes_e.append((win[first, np.arange(len(jj))]).astype(np.float32) * pixel_mm)
+    d_elev = (slopes_e[1] - slopes_e[0]) / 1.0
+    smooth = ndimage.uniform_filter1d(depth_top[jj], size=max(3, round(1.0 / pixel_mm)), mode="nearest")
+    d_lat = np.gradient(smooth) / pixel_mm if len(jj) > 1 else np.zeros(len(jj), np.float32)
+    out[jj] = np.degrees(np.arctan(np.sqrt(d_lat**2 + d_elev**2)))
+    return out
+
+
+def _lateral_psf(iq: np.ndarray, probe: ProbeSettings, pixel_mm: float) -> np.ndarray:
+    """Lateral PSF whose width follows the beam (narrowest at the focus), in 1.5 mm depth bands."""
+    rows = iq.shape[0]
+    band = max(1, round(1.5 / pixel_mm))
+    out = np.empty_like(iq)
+    for r0 in range(0, rows, band):
+        r1 = min(rows, r0 + band)
+        fwhm = float(probe.lateral_fwhm_at(np.array([(r0 + r1) / 2 * pixel_mm]))[0])
+        out[r0:r1] = ndimage.correlate1d(
+            iq[r0:r1], _kernel(fwhm * _FWHM_TO_SIGMA / pixel_mm), axis=1, mode="nearest"
+        )
+    return out
+
+
 def _render(
     subject: SubjectLike,
     plane: ScanPlane,
@@ -556,24 +704,29 @@ def _render(
     noise: np.ndarray,
 ) -> BModeImage:
     """Image one plane. ``scatterers`` is the unit-power complex field on the physics grid
-    (2*rows, cols); ``noise`` the unit-power electronic noise on the output grid (rows, cols)."""
+    (2*rows, cols); ``noise`` unit-power noise (2*rows, cols): electronic noise in the first ``rows``,
+    near-field clutter in the others."""
     rows, cols = probe.shape
     px = (probe.pixel_mm, probe.pixel_mm)
-    points = plane.points(rows, cols, px)
+    points = conformed_points(subject, plane, rows, cols, px[0])
     labels, ids = _labels_and_ids(subject, points)
     db_map = _echo_db(labels, points, ids, scene, px[0])
+    angle = _fascia_angle_deg(subject, plane, points, labels, px[0])
+    tlf = labels == Tissue.TLF
+    if tlf.any():  # the specular share of the fascia echo fades off perpendicular incidence
+        lobe = np.exp(-((np.nan_to_num(angle, nan=0.0) / probe.specular_width_deg) ** 2))
+        spec_db = np.float32(scene.echo.tlf_specular_db) * (1.0 - lobe.astype(np.float32))
+        db_map -= np.where(tlf, spec_db[None, :], np.float32(0.0))
     amp = np.power(np.float32(10.0), db_map / np.float32(20.0))
     amp[labels == Tissue.AIR] = 0.0
     # scatterers x amplitude on the physics grid (axial spacing px/2), PSF axially, sample the output
-    # rows (physics rows 1, 3, 5 ... are the output pixel centres), then PSF laterally
+    # rows (physics rows 1, 3, 5 ... are the output pixel centres), then PSF laterally (focused beam)
     field_ = scatterers * np.repeat(amp, 2, axis=0)
     dr = px[0] / 2.0
     iq = ndimage.correlate1d(
         field_, _kernel(probe.axial_fwhm_mm * _FWHM_TO_SIGMA / dr), axis=0, mode="constant"
     )[1::2]
-    iq = ndimage.correlate1d(
-        iq, _kernel(probe.lateral_fwhm_mm * _FWHM_TO_SIGMA / px[1]), axis=1, mode="nearest"
-    )
+    iq = _lateral_psf(iq, probe, px[1])
     # round-trip attenuation 2*alpha*f*z accumulated along the beam (alpha dB/cm/MHz, z in cm)
     alut = np.zeros(256, dtype=np.float32)
     for tissue, a in scene.echo.attenuation.items():
@@ -581,13 +734,30 @@ def _render(
     alpha = alut[labels]
     step_db = np.float32(2.0 * probe.frequency_mhz * px[0] / 10.0) * alpha
     att_db = np.cumsum(step_db, axis=0) - 0.5 * step_db
-    depth_mm = ((np.arange(rows) + 0.5) * px[0]).astype(np.float32)
-    tgc_db = (
-        2.0 * probe.tgc_alpha_db_cm_mhz * probe.frequency_mhz * depth_mm / 10.0
-        + probe.tgc_error_db * depth_mm / probe.depth_mm
-    ).astype(np.float32)
     rx = iq * np.power(np.float32(10.0), -att_db / np.float32(20.0))
-    rx += noise * np.float32(10.0 ** (probe.noise_db / 20.0))
+    if tlf.any() and probe.reverb_db > -150.0:  # the near field repeats once below the fascia
+        top = np.where(tlf.any(axis=0), np.argmax(tlf, axis=0), rows)
+        src = np.arange(rows)[:, None] - top[None, :]
+        ok = src >= 0
+        rev = np.take_along_axis(rx, np.clip(src, 0, rows - 1), axis=0) * ok
+        rx += (
+            rev
+            * np.power(np.float32(10.0), -att_db / np.float32(20.0))
+            * np.float32(10.0 ** (probe.reverb_db / 20.0))
+        )
+    depth_mm = ((np.arange(rows) + 0.5) * px[0]).astype(np.float32)
+    echo = scene.echo
+    clutter = np.float32(10.0 ** (echo.clutter_db / 20.0)) * np.exp(-depth_mm / np.float32(echo.clutter_mm))
+    rx += noise[rows:] * clutter[:, None]
+    rx += noise[:rows] * np.float32(10.0 ** (probe.noise_db / 20.0))
+    # the sonographer's TGC sliders follow the soft-tissue loss of a typical column (median over the
+    # columns, bone counted as connective tissue so shadows are not compensated, smoothed over 3 mm);
+    # the scanner applies tgc_fraction of it plus the residual error
+    soft = np.minimum(step_db, np.float32(2.0 * probe.frequency_mhz * px[0] / 10.0 * 1.6))
+    typical = np.median(np.cumsum(soft, axis=0) - 0.5 * soft, axis=1)
+    typical = ndimage.uniform_filter1d(typical, size=max(1, round(3.0 / px[0])))
+    tgc_db = probe.tgc_fraction * typical + probe.tgc_error_db * depth_mm / probe.depth_mm
+    tgc_db = np.minimum(tgc_db, probe.noise_ceiling_db - probe.noise_db).astype(np.float32)
     envelope = np.abs(rx) * np.power(np.float32(10.0), tgc_db / np.float32(20.0))[:, None]
     # log compression: fat speckle (mean log level) sits at 35 % of the dynamic range at 0 dB gain
     dr_db = probe.dynamic_range_db
@@ -679,7 +849,12 @@ def simulate_bmode(
     rows, cols = probe.shape
     # a single scatterer layer: the elevational sum of complex Gaussian scatterers is again one
     return _render(
-        subject, plane, probe, scene, _complex_noise(rng, (2 * rows, cols)), _complex_noise(rng, (rows, cols))
+        subject,
+        plane,
+        probe,
+        scene,
+        _complex_noise(rng, (2 * rows, cols)),
+        _complex_noise(rng, (2 * rows, cols)),
     )
 
 
@@ -781,5 +956,5 @@ def simulate_cine(
             (float(c[0]), float(c[1]), float(c[2])), plane.lateral_dir, plane.beam_dir, plane.target_nodule
         )
         scat = lattice.field(r_shift, c_shift, elev)
-        frames.append(_render(subject, fplane, probe, scene, scat, _complex_noise(rng, (rows, cols))))
+        frames.append(_render(subject, fplane, probe, scene, scat, _complex_noise(rng, (2 * rows, cols))))
     return frames
