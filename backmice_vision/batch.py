@@ -5,7 +5,7 @@ Layout of ``OUT_DIR``::
     OUT_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/   outputs of one series (report.json, PNG, SEG, SR, SC)
     OUT_DIR/manifest.jsonl                            one line per finished series (inputs hash, outputs)
     OUT_DIR/summary.csv                               one row per series and finding, failure, ignored file
-    OUT_DIR/index.html                                thumbnails and a sortable table, no server needed
+    OUT_DIR/index.html                                review page: sortable, filterable, no server needed
 
 Folder names are the UIDs when they are well-formed UIDs, otherwise a hash of them: header values
 never become paths. Every output is written to a temporary name and renamed, and a series enters the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import html
 import io
 import itertools
 import json
@@ -59,6 +58,13 @@ class SeriesOutcome:
     findings: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # relative to OUT_DIR
     key_image: str | None = None
+    # the review page's label (no patient identifier): full UIDs (the key holds folder names), Series
+    # Number and Description, Study Date (YYYYMMDD, "" when absent)
+    study_uid: str = ""
+    series_uid: str = ""
+    series_number: int | None = None
+    description: str = ""
+    study_date: str = ""
 
 
 @dataclass
@@ -79,6 +85,7 @@ class BatchReport:
     seconds: float
     ignored: list[tuple[str, str]] = field(default_factory=list)  # see BatchPlan
     non_image: list[tuple[str, str]] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)  # the run's settings, shown on the review page
 
     @property
     def ignored_rows(self) -> list[tuple[str, str]]:
@@ -126,7 +133,9 @@ def plan_jobs(input_dir: Path) -> BatchPlan:
         elif r.modality not in ANALYSED_MODALITIES:
             reason = f"unsupported series: modality {r.modality} is not analysed (MR and US only)"
             plan.unsupported.append(
-                SeriesOutcome(key=key, status="failed", modality=r.modality, error=reason)
+                SeriesOutcome(
+                    key=key, status="failed", modality=r.modality, error=reason, description=r.description
+                )
             )
         else:
             paths = sorted(str(p) for p in r.paths)
@@ -214,13 +223,14 @@ def detect_stage(
 ) -> tuple[SeriesOutcome, Any, float]:
     """Hash the inputs, decode and detect: ``(outcome, result or None on failure, start time)``."""
     start = time.perf_counter()
-    outcome = SeriesOutcome(key=job.key, status="failed", modality=job.modality)
+    outcome = SeriesOutcome(key=job.key, status="failed", modality=job.modality, description=job.description)
     result = None
     try:
         outcome.input_hash = inputs_hash(job.paths, tag)
         from .io import load_series
 
         series = load_series([Path(p) for p in job.paths])
+        _label(outcome, series)
         result = _detector(model, device).detect(series)
     except BackmiceError as exc:
         outcome.error = str(exc)
@@ -254,6 +264,16 @@ def write_stage(
     return outcome
 
 
+def _label(outcome: SeriesOutcome, series: Any) -> None:
+    """Fill the outcome's label fields from the loaded series (header values that identify no patient)."""
+    outcome.study_uid, outcome.series_uid = series.study_instance_uid, series.series_instance_uid
+    number = series.header.get("SeriesNumber")
+    outcome.series_number = number if isinstance(number, int) else None
+    outcome.description = str(series.header.get("SeriesDescription", outcome.description))[:64]
+    date = str(series.datasets[0].get("StudyDate", "") or "") if series.datasets else ""
+    outcome.study_date = date if re.fullmatch(r"[0-9]{8}", date) else ""
+
+
 def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
@@ -267,6 +287,7 @@ def _finding_row(n: Any) -> dict[str, Any]:
         "side": n.side or "",
         "fascia_defect_probability": round(float(n.fascia_defect.probability), 4),
         "fascia_defect_present": bool(n.fascia_defect.present),
+        "frame": round(n.center_voxel[0]),  # k of the nodule's key frame (its overlay)
     }
 
 
@@ -535,6 +556,7 @@ def run_batch(
             on_outcome(outcome)
     outcomes.sort(key=lambda o: o.key)
     report = BatchReport(outcomes, plan.unreadable, time.perf_counter() - start, plan.ignored, plan.non_image)
+    report.settings = run_settings(model, formats, engine, workers, device)
     write_summary_csv(report, out_dir / "summary.csv")
     write_index_html(report, out_dir / "index.html")
     return report
@@ -595,66 +617,35 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
     write_text_atomic(buf.getvalue(), path)
 
 
+def run_settings(
+    model: str | None, formats: list[str] | None, engine: str, workers: int, device: str
+) -> dict[str, str]:
+    """The settings of a run as ``{name: text}`` for the review page: models (version, checksum), inference
+    thresholds, output formats, engine and library version."""
+    from . import __version__
+    from .export import check_formats
+    from .findings import load_thresholds
+
+    models = []
+    for part in model_tag(model).split("|"):
+        name, _, rest = part.partition(":")
+        version, _, digest = rest.partition(":")
+        models.append(f"{name} {version}" + (f" (sha256 {digest[:12]})" if digest else ""))
+    return {
+        "models": ", ".join(models),
+        "thresholds": ", ".join(f"{k} {v:g}" for k, v in load_thresholds().items()),
+        "formats": ", ".join(check_formats(formats)),
+        "engine": f"{engine}, {workers} worker(s), device {device}",
+        "backmice_vision": __version__,
+    }
+
+
 def write_index_html(report: BatchReport, path: Path) -> None:
-    """A self-contained page: key-image thumbnails and a table sortable by clicking its headers."""
-    rows = []
-    for o in report.outcomes:
-        thumb = f'<img src="{html.escape(o.key_image)}" loading="lazy">' if o.key_image else ""
-        best = max((f["confidence"] for f in o.findings), default=None)
-        prob = "" if o.series_probability is None else f"{o.series_probability:.2f}"
-        rows.append(
-            f"<tr class='{o.status}'><td>{thumb}</td><td>{html.escape(o.key)}</td>"
-            f"<td>{html.escape(o.modality)}</td>"
-            f"<td>{o.status}</td><td>{prob}</td><td>{len(o.findings)}</td>"
-            f"<td>{'' if best is None else f'{best:.2f}'}</td><td>{o.seconds:.1f}</td>"
-            f"<td>{html.escape(o.error)}</td></tr>"
-        )
-    others = [(Path(p).name, "failed", r) for p, r in report.unreadable]
-    for name, status, reason in [*others, *((n, "ignored", r) for n, r in report.ignored_rows)]:
-        rows.append(
-            f"<tr class='{status}'><td></td><td>{html.escape(name)}</td><td></td><td>{status}</td>"
-            f"<td></td><td></td><td></td><td></td><td>{html.escape(reason)}</td></tr>"
-        )
-    done = sum(o.status != "failed" for o in report.outcomes)
-    page = _INDEX_TEMPLATE.format(
-        rows="\n".join(rows),
-        done=done,
-        failed=len(report.failed) + len(report.unreadable),
-        ignored=len(report.ignored_rows),
-        seconds=f"{report.seconds:.0f}",
-    )
+    """The review page (:mod:`backmice_vision.export.review`), written atomically."""
     from .export.dicom_common import write_text_atomic
+    from .export.review import review_page
 
-    write_text_atomic(page, path)
-
-
-_INDEX_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>backmice batch results</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
-th,td{{border:1px solid #ccc;padding:4px 8px;font-size:14px}} th{{cursor:pointer;background:#f0f0f0}}
-img{{max-height:120px}} tr.failed td{{background:#fde8e8}} tr.ignored td{{color:#777}}
-</style></head><body>
-<h1>backmice batch results</h1>
-<p>{done} series processed, {failed} failed, {ignored} ignored, {seconds} s. Research use only, not for
-diagnosis.</p>
-<table id="t"><thead><tr><th>key image</th><th>series</th><th>modality</th><th>status</th>
-<th>P(back mouse)</th><th>findings</th><th>best confidence</th><th>seconds</th><th>error</th></tr></thead>
-<tbody>
-{rows}
-</tbody></table>
-<script>
-document.querySelectorAll("#t th").forEach((th, col) => th.addEventListener("click", () => {{
-  const body = document.querySelector("#t tbody");
-  const rows = Array.from(body.rows);
-  const dir = th.dataset.dir === "asc" ? -1 : 1; th.dataset.dir = dir === 1 ? "asc" : "desc";
-  const val = r => r.cells[col].innerText; const num = v => v !== "" && !isNaN(v);
-  rows.sort((a, b) => {{ const x = val(a), y = val(b);
-    return dir * (num(x) && num(y) ? x - y : x.localeCompare(y)); }});
-  rows.forEach(r => body.appendChild(r));
-}}));
-</script></body></html>
-"""
+    write_text_atomic(review_page(report, path.parent), path)
 
 
 MAX_IGNORED_LINES = 20  # an archive can hold thousands of thumbnails and notes

@@ -32,8 +32,9 @@ Definitions (per modality):
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -479,13 +480,49 @@ def find_cases(data_dirs: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
+class _Progress:
+    """A stderr line per evaluated series: done/total, series/min, ETA (rewritten in place on a terminal)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.start = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def each(self, items: list[Any]) -> Iterator[Any]:
+        """The items, one line printed after each has been handled."""
+        for item in items:
+            yield item
+            self.step()
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        elapsed = max(time.perf_counter() - self.start, 1e-6)
+        eta = (self.total - self.done) * elapsed / self.done
+        rate = 60 * self.done / elapsed
+        line = f"evaluate: {self.done}/{self.total} series  {rate:6.1f} series/min  ETA {eta:5.0f}s"
+        last = self.done >= self.total
+        print(
+            ("\r" if self.tty else "") + line,
+            end="\n" if last or not self.tty else "",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def run_evaluation(
-    data_dirs: list[Path], out_dir: Path, model: str | None = None, device: str = "auto", flip: bool = False
+    data_dirs: list[Path],
+    out_dir: Path,
+    model: str | None = None,
+    device: str = "auto",
+    flip: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the detector over phantom case folders and write ``out_dir/evaluation.json`` and PNG plots.
 
     ``flip`` turns on the detector's test-time left-right flip (its cost shows in
-    ``detect_seconds_per_series``).
+    ``detect_seconds_per_series``). A progress line per series goes to stderr unless ``progress=False``.
 
     Series that cannot be loaded or detected are listed under ``problems`` (one line each) and skipped.
     Returns the report written to ``evaluation.json``.
@@ -505,32 +542,31 @@ def run_evaluation(
     operating = float(load_thresholds()["confidence_threshold"])
     records: list[SeriesRecord] = []
     problems: list[str] = []
-    for gt_path in cases:
-        case_dir = gt_path.parent
-        truth = read_ground_truth(gt_path)
-        for entry in truth["series"]:
-            where = f"{case_dir.name}/{entry.get('folder', '?')}"
-            try:
-                series = load_series(case_dir / entry["folder"])
-                if entry.get("series_instance_uid") not in (None, series.series_instance_uid):
-                    problems.append(f"{where}: series UID differs from the ground truth; skipped")
-                    continue
-                t0 = time.perf_counter()
-                result = detector.detect(series)
-                detect_s = time.perf_counter() - t0
-                seg = case_dir / entry["seg"] if entry.get("seg") else None
-                mask = read_truth_mask(seg, series) if seg is not None and seg.is_file() else None
-            except BackmiceError as exc:
-                problems.append(f"{where}: {exc.reason}")
+    truths = [(gt_path.parent, read_ground_truth(gt_path)) for gt_path in cases]
+    entries = [(case_dir, entry) for case_dir, truth in truths for entry in truth["series"]]
+    for case_dir, entry in _Progress(len(entries), progress).each(entries):
+        where = f"{case_dir.name}/{entry.get('folder', '?')}"
+        try:
+            series = load_series(case_dir / entry["folder"])
+            if entry.get("series_instance_uid") not in (None, series.series_instance_uid):
+                problems.append(f"{where}: series UID differs from the ground truth; skipped")
                 continue
-            except KeyError as exc:
-                problems.append(f"{where}: ground-truth series entry lacks {exc}")
-                continue
-            record = evaluate_series(
-                series, result.nodules, result.series_probability, entry, mask, case_dir.name
-            )
-            record.detect_s = detect_s
-            records.append(record)
+            t0 = time.perf_counter()
+            result = detector.detect(series)
+            detect_s = time.perf_counter() - t0
+            seg = case_dir / entry["seg"] if entry.get("seg") else None
+            mask = read_truth_mask(seg, series) if seg is not None and seg.is_file() else None
+        except BackmiceError as exc:
+            problems.append(f"{where}: {exc.reason}")
+            continue
+        except KeyError as exc:
+            problems.append(f"{where}: ground-truth series entry lacks {exc}")
+            continue
+        record = evaluate_series(
+            series, result.nodules, result.series_probability, entry, mask, case_dir.name
+        )
+        record.detect_s = detect_s
+        records.append(record)
     metrics = summarise(records, out_dir, operating)
     froc_png = froc_plot({m: v["froc"]["curve"] for m, v in metrics.items()}, out_dir / "froc.png")
     report = {

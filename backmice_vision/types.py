@@ -185,3 +185,24 @@ class DetectionResult:
         from .export import save_result
 
         return save_result(self, Path(out_dir), formats)
+
+    def overlay(self, k: int, scale: int | None = None) -> np.ndarray:
+        """The overlay of frame or slice ``k`` as uint8 RGB ``(rows * scale, cols * scale, 3)``.
+
+        By default the pixels of ``overlay_k<k>.png`` that :meth:`save` writes (upscaled by
+        :func:`backmice_vision.render.png_scale` so that small images keep readable labels); ``scale=1``
+        gives the source resolution (the Secondary Capture's pixels). Any ``k`` of the series works, with
+        or without a finding on it (``plt.imshow(result.overlay(k))``).
+        """
+        from .errors import BackmiceError
+        from .render import _draw, png_scale
+
+        if scale is not None and (not isinstance(scale, int) or scale < 1):
+            raise BackmiceError(f"overlay scale must be a whole number of at least 1 (got {scale!r})")
+        return _draw(self, int(k), png_scale(self.series.shape[1:]) if scale is None else scale)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the key-image montage and a table of the findings."""
+        from .export.review import result_html
+
+        return result_html(self)
