@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -105,3 +107,87 @@ def test_mr_headers_claiming_more_than_present(tmp_path: Path) -> None:
     ds.NumberOfFrames = HUGE_FRAMES
     ds.save_as(path)
     _refused_small(path, r"claims 2147483647 frame\(s\) of 6×7")
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.slow
+def test_big_endian_source_with_non_conformant_time_is_detected_and_written(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    import backmice_vision as bmv
+
+    source = pydicom.data.get_testdata_file("ExplVR_BigEnd.dcm")
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    assert (header.StudyDate, header.StudyTime) == (
+        "1997.04.24",
+        "14:04:38",
+    )  # ACR-NEMA: refused by highdicom
+    series = load_series(source)
+    result = bmv.Detector.from_pretrained(device="cpu").detect(series)
+    written = result.save(tmp_path / "out")
+    assert {"seg", "sr", "sc"} <= set(written)
+    assert series.datasets[0].StudyTime == "14:04:38"  # the series' own header is not edited
+    seg = hd.seg.segread(written["seg"][0])
+    sr = hd.sr.srread(written["sr"][0])
+    sc = pydicom.dcmread(written["sc"][0])
+    for ds in (seg, sr, sc):
+        assert (ds.StudyDate, ds.StudyTime) == ("19970424", "140438")
+        assert ds.StudyInstanceUID == series.study_instance_uid
+    assert seg.get_source_image_uids()[0][2] == series.sources[0].sop_instance_uid
+    if shutil.which("dciodvfy"):
+        for path in [*written["seg"], *written["sr"], *written["sc"]]:
+            assert _dciodvfy_errors(path) == [], path.name
+
+
+def test_sanitised_keeps_valid_repairs_clear_cases_and_drops_the_rest(tmp_path: Path) -> None:
+    from backmice_vision.export.dicom_common import sanitised
+
+    path = mr_series(tmp_path / "mr", n=1)[0]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds.StudyDate, ds.StudyTime, ds.SeriesTime = "2004.03.12", "10:15", "101500.25"
+    ds.PatientSex, ds.PatientBirthDate, ds.ContentDate = "0", "19701345", "20240229"
+    ds.PatientName = "A" * 70 + "^B"  # a component over 64 characters
+    ds.BodyPartExamined = "lumbar"  # CS in lower case
+    ds.SliceThickness = "nan"
+    ds.SOPClassUID = "1.2.3"  # not a storage class
+    clean = sanitised(ds, "MR", str(path))
+    assert (clean.StudyDate, clean.StudyTime, clean.SeriesTime) == ("20040312", "1015", "101500.25")
+    assert clean.ContentDate == "20240229" and clean.BodyPartExamined == "LUMBAR"
+    assert clean.PatientSex == "" and clean.PatientBirthDate == "" and clean.PatientName == ""
+    assert "SliceThickness" not in clean and list(clean.ImagePositionPatient) == list(ds.ImagePositionPatient)
+    assert clean.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    assert ds.StudyTime == "10:15" and ds.SOPClassUID == "1.2.3"  # the input is not edited
+    ds.SOPInstanceUID = "1.2.abc"
+    with pytest.raises(InvalidDicom, match="SOPInstanceUID is not a valid UID") as info:
+        sanitised(ds, "MR", str(path))
+    assert "1.2.abc" not in str(info.value)
+
+
+def test_calibration_claiming_an_absurd_field_is_ignored(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz.py: PhysicalDeltaX 7 cm made the model resample a region to 33 m at
+    0.2 mm (4 GB); a PixelSpacing of 1e30 mm likewise."""
+    region = us_region((0, 0, 40, 50), (0.1, 70.0))  # rows 0.1 mm, columns 70 mm: 3.5 m wide
+    series = load_series(us_image(tmp_path / "us.dcm", np.zeros((1, 40, 50), np.uint8), regions=[region]))
+    assert series.regions[0].spacing_mm is None and not series.calibrated
+    assert any("region 0: calibration of 4 × 3.5e+03 mm (over 500 mm) ignored" in p for p in series.problems)
+    good = load_series(
+        us_image(
+            tmp_path / "ok.dcm",
+            np.zeros((1, 40, 50), np.uint8),
+            regions=[us_region((0, 0, 40, 50), (0.2, 0.2))],
+        )
+    )
+    assert good.regions[0].spacing_mm == pytest.approx((0.2, 0.2))
+
+    paths = mr_series(tmp_path / "mr")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PixelSpacing = [1e30, 1e30]
+        ds.save_as(p)
+    mr = load_series(tmp_path / "mr")
+    assert mr.spacing_mm is None and mr.affine is None
+    assert "PixelSpacing ignored: field of view over 1000 mm" in mr.problems

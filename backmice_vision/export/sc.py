@@ -24,6 +24,8 @@ from .dicom_common import (
     save_atomic,
     software_version,
     source_datasets,
+    source_path,
+    writer_guard,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +52,17 @@ def build_sc(
     instance_number: int = 1,
 ) -> Dataset:
     """The SC of frame ``frame_index`` (``k``); all instances of one result share ``series_instance_uid``."""
+    with writer_guard("Secondary Capture", source_path(result)):
+        return _build_sc(result, frame_index, series_instance_uid, sop_instance_uid, instance_number)
+
+
+def _build_sc(
+    result: DetectionResult,
+    frame_index: int,
+    series_instance_uid: str,
+    sop_instance_uid: str | None,
+    instance_number: int,
+) -> Dataset:
     import highdicom as hd
     from pydicom.dataset import Dataset as DicomDataset
     from pydicom.sequence import Sequence

@@ -39,6 +39,8 @@ from .dicom_common import (
     save_atomic,
     software_version,
     source_datasets,
+    source_path,
+    writer_guard,
 )
 
 if TYPE_CHECKING:
@@ -145,7 +147,8 @@ def build_seg(
         "series_description": SERIES_DESCRIPTIONS["seg"],
     }
     labels = segment_labels(result)  # highdicom checks a label array ~10x faster than stacked masks
-    return _build(result, segment_masks(result) if labels is None else labels, kwargs)
+    with writer_guard("DICOM SEG", source_path(result)):
+        return _build(result, segment_masks(result) if labels is None else labels, kwargs)
 
 
 def probability_planes(result: DetectionResult) -> np.ndarray:
@@ -205,7 +208,9 @@ def build_probability_seg(
         "content_description": "Back mouse probability",
         "series_description": SERIES_DESCRIPTIONS["segprob"],
     }
-    return _build(result, probability_planes(result), kwargs)
+    planes = probability_planes(result)
+    with writer_guard("probability SEG", source_path(result)):
+        return _build(result, planes, kwargs)
 
 
 def _build(result: DetectionResult, planes: np.ndarray, kwargs: dict[str, Any]) -> Dataset:

@@ -38,6 +38,8 @@ from .dicom_common import (
     save_atomic,
     software_version,
     source_datasets,
+    source_path,
+    writer_guard,
 )
 from .seg import nodule_tracking_uid
 
@@ -213,6 +215,13 @@ def build_sr(
     sop_instance_uid: str | None = None,
 ) -> Dataset:
     """The SR dataset; ``seg`` is the SEG of the same result (:func:`.seg.build_seg`)."""
+    with writer_guard("DICOM SR", source_path(result)):
+        return _build_sr(result, seg, series_instance_uid, sop_instance_uid)
+
+
+def _build_sr(
+    result: DetectionResult, seg: Dataset, series_instance_uid: str | None, sop_instance_uid: str | None
+) -> Dataset:
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid

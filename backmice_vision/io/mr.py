@@ -19,6 +19,8 @@ Rules (documented behaviour, reported in ``problems``):
   (noted).
 * MR without ImagePositionPatient / ImageOrientationPatient / PixelSpacing is ordered by
   (InstanceNumber, frame) with ``spacing_mm`` and ``affine`` ``None``.
+* A PixelSpacing that makes the field of view wider than :data:`MAX_MR_FIELD_MM` in either direction
+  is treated as absent (no MR measures that; the model would resample to a size proportional to it).
 * Stored values are rescaled (slope, intercept) and never inverted, MONOCHROME1 included.
 """
 
@@ -35,6 +37,7 @@ from .plan import FrameRef, Plan, largest_consistent
 from .reader import Instance, guarded
 
 _POSITION_TOL_MM = 0.01
+MAX_MR_FIELD_MM = 1000.0  # widest plausible in-plane field of view
 
 
 @dataclass
@@ -44,6 +47,12 @@ class _Slice:
     iop: np.ndarray | None  # (6,) row cosines (direction of increasing column j), column cosines (i)
     pixel_spacing: tuple[float, float] | None  # (row, col) mm = DICOM PixelSpacing
     slice_step: float | None  # SpacingBetweenSlices or SliceThickness, for a single slice
+    implausible_spacing: bool = False  # a PixelSpacing was given but set aside (field of view too wide)
+
+    def __post_init__(self) -> None:
+        ps, inst = self.pixel_spacing, self.ref.inst
+        if ps is not None and max(inst.rows * ps[0], inst.columns * ps[1]) > MAX_MR_FIELD_MM:
+            self.pixel_spacing, self.implausible_spacing = None, True
 
     @property
     def has_geometry(self) -> bool:
@@ -192,6 +201,8 @@ def plan_mr(instances: list[Instance]) -> Plan:
     )
     rows, cols = slices[0].ref.inst.rows, slices[0].ref.inst.columns
 
+    if any(s.implausible_spacing for s in slices):
+        problems.append(f"PixelSpacing ignored: field of view over {MAX_MR_FIELD_MM:g} mm")
     if not slices[0].has_geometry:
         slices.sort(key=_order_key)
         problems.append(

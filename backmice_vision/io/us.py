@@ -5,7 +5,9 @@ and RegionDataType 1 (tissue) becomes an :class:`~backmice_vision.types.Ultrasou
 
 * ``box`` from RegionLocationMinY0/MinX0/MaxY1/MaxX1 (ends made exclusive, clipped to the frame);
 * ``spacing_mm`` = (PhysicalDeltaY, PhysicalDeltaX) × 10 when both PhysicalUnits directions are 3 (cm),
-  else ``None``;
+  else ``None``; also ``None`` (with a problem line) when the region would span more than
+  :data:`MAX_US_FIELD_MM` in either direction: no probe images that, and the model would resample it to
+  a size proportional to the claim;
 * ``depth_offset_mm`` = physical Y of the region's top row: ``ReferencePixelPhysicalValueY −
   ReferencePixelY0 · PhysicalDeltaY`` (× 10), 0 when the reference pixel is not given. It is negative
   when the region starts above the transducer face (a reference pixel inside the region).
@@ -33,6 +35,7 @@ from .plan import FrameRef, Plan, largest_consistent
 from .reader import Instance, guarded
 
 NO_CALIBRATION = "no ultrasound calibration: millimetres unknown"
+MAX_US_FIELD_MM = 500.0  # widest / deepest plausible ultrasound tissue region
 _CM = 3
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -61,6 +64,13 @@ def _region(item: Dataset, index: int, rows: int, cols: int, problems: list[str]
     offset = 0.0
     if units == (_CM, _CM) and dy > 0 and dx > 0 and np.isfinite(dy) and np.isfinite(dx):
         spacing = (dy * 10.0, dx * 10.0)
+        field = ((box[2] - box[0]) * spacing[0], (box[3] - box[1]) * spacing[1])
+        if max(field) > MAX_US_FIELD_MM:
+            problems.append(
+                f"ultrasound region {index}: calibration of {field[0]:.3g} × {field[1]:.3g} mm "
+                f"(over {MAX_US_FIELD_MM:g} mm) ignored: millimetres unknown"
+            )
+            return UltrasoundRegion(index, box, None, 0.0)
         ref_y, ref_value = item.get("ReferencePixelY0"), item.get("ReferencePixelPhysicalValueY")
         if ref_y is not None and ref_value is not None:
             offset = (float(ref_value) - float(ref_y) * dy) * 10.0 + 0.0  # + 0.0: no -0.0
