@@ -147,11 +147,11 @@ def _reports(out: Path, report: BatchReport) -> dict[str, dict[str, Any]]:
 def _check_finding(shown: dict[str, Any], truth: dict[str, Any]) -> None:
     """One finding as the page shows it (``[data-v, text]`` per value) against its report.json entry."""
     for name, key in (("size", "longest_diameter_mm"), ("depth", "depth_mm")):
-        value = truth[key]
-        assert shown[name] == ([str(value), f"{value:.2f}"] if value is not None else ["", "–"]), (
-            name,
-            shown,
-        )
+        value, (attr, text) = truth[key], shown[name]
+        if value is None:
+            assert (attr, text) == ("", "–"), (name, shown)
+        else:
+            assert float(attr) == value and text == f"{value:.2f}", (name, shown)
     for name, value in (("conf", truth["confidence"]), ("defp", truth["fascia_defect"]["probability"])):
         assert float(shown[name][0]) == value and shown[name][1] == f"{value:.2f}", (name, shown)
     assert shown["side"] == (truth["side"] or "–")
