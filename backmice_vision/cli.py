@@ -1,6 +1,7 @@
 """The ``backmice`` command. Parses arguments and calls the library; nothing else.
 
-Exit codes: 0 all good, 1 some inputs failed, 2 usage or configuration error.
+Exit codes: 0 all good, 1 some inputs failed, 2 usage or configuration error, 130 interrupted, 141 the
+output was closed before the command finished (``backmice info DIR | head``: quietly, like SIGPIPE).
 Heavy modules (torch, monai, highdicom) are imported inside the handlers so that
 ``backmice --help`` answers at once.
 """
@@ -8,6 +9,7 @@ Heavy modules (torch, monai, highdicom) are imported inside the handlers so that
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from . import __version__
 from .errors import BackmiceError
 
 Handler = Callable[[argparse.Namespace], int]
+EXIT_CLOSED_OUTPUT = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 FORMATS_HELP = (
     "comma-separated: png,json,seg,sr,sc,segprob (probability SEG); all = png,json,seg,sr,sc "
     "(default all; e.g. all,segprob)"
@@ -114,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backmice",
         description="Find back mice (episacroiliac lipomas) in ultrasound and MRI DICOM series.",
-        epilog="Exit codes: 0 success, 1 some inputs failed, 2 usage or configuration error.",
+        epilog="Exit codes: 0 success, 1 some inputs failed, 2 usage or configuration error, "
+        "130 interrupted, 141 output closed early (e.g. piped into head).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -218,11 +222,26 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit code as documented (141 when the reader closed the output early)."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # ``backmice info DIR | head``: the reader is gone. Stop quietly, as Unix tools do on SIGPIPE;
+        # stdout goes to /dev/null so that the interpreter's last flush cannot complain either.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+        return EXIT_CLOSED_OUTPUT
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     handler: Handler = ns.handler
     try:
-        return handler(ns)
+        code = handler(ns)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handling above, not at exit
+        return code
     except BackmiceError as exc:
         print(f"backmice: error: {exc}", file=sys.stderr)
         return 2 if exc.__class__.__name__ == "ConfigError" else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -191,3 +192,26 @@ def test_calibration_claiming_an_absurd_field_is_ignored(tmp_path: Path) -> None
     mr = load_series(tmp_path / "mr")
     assert mr.spacing_mm is None and mr.affine is None
     assert "PixelSpacing ignored: field of view over 1000 mm" in mr.problems
+
+
+@pytest.mark.parametrize("command", [["info"], ["batch", "--dry-run"]])
+def test_output_closed_early_ends_quietly(tmp_path: Path, command: list[str]) -> None:
+    """``backmice info DIR | head -1``: more output than the pipe holds, the reader leaves after a line."""
+    mr_series(tmp_path / "in" / "mr", n=2)
+    for n in range(700):  # ~140 kB of "unreadable: PATH: REASON" lines, more than a pipe buffers
+        bad = tmp_path / "in" / f"damaged_file_with_a_rather_long_name_{n:04d}.dcm"
+        bad.write_bytes(bytes(128) + b"DICM" + b"\xff" * 64)
+    extra = ["--out", str(tmp_path / "out")] if command[0] == "batch" else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backmice_vision", *command, str(tmp_path / "in"), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    stderr = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert first.strip(), "the command printed nothing"
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert code == 141
