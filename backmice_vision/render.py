@@ -121,6 +121,24 @@ def _label(nodule: Nodule, calibrated: bool) -> str:
     return f"#{nodule.id} {text} (conf {round(100 * nodule.confidence):d}%)"
 
 
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) pixels, both ends inclusive
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _gap(a: Box, b: Box) -> float:
+    """Distance in pixels between two boxes (0 when they touch or overlap)."""
+    return math.hypot(max(a[0] - b[2], b[0] - a[2], 0), max(a[1] - b[3], b[1] - a[3], 0))
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, size: int) -> tuple[int, int]:
+    """Width and height of the black box :func:`_text` draws behind ``text``."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=_font(size))
+    return int(right - left) + 4, int(bottom - top) + 4
+
+
 def _text(
     draw: ImageDraw.ImageDraw,
     xy: tuple[float, float],
@@ -128,15 +146,93 @@ def _text(
     size: int,
     colour: tuple[int, ...],
     bounds: tuple[int, int],
+) -> Box:
+    """Text on a black box, shifted to stay inside ``bounds`` (width, height); returns the box."""
+    w, h = _text_size(draw, text, size)
+    x = int(min(max(xy[0], 0), max(bounds[0] - 1 - w, 0)))
+    y = int(min(max(xy[1], 0), max(bounds[1] - 1 - h, 0)))
+    _draw_text_box(draw, (x, y, x + w, y + h), text, size, colour)
+    return x, y, x + w, y + h
+
+
+def _draw_text_box(
+    draw: ImageDraw.ImageDraw, box: Box, text: str, size: int, colour: tuple[int, ...]
 ) -> None:
-    """Text on a black box, shifted to stay inside ``bounds`` (width, height)."""
     font = _font(size)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    w, h = right - left + 4, bottom - top + 4
-    x = min(max(xy[0], 0), max(bounds[0] - w, 0))
-    y = min(max(xy[1], 0), max(bounds[1] - h, 0))
-    draw.rectangle((x, y, x + w, y + h), fill=BLACK)
-    draw.text((x + 2 - left, y + 2 - top), text, font=font, fill=colour)
+    left, top, _, _ = draw.textbbox((0, 0), text, font=font)
+    draw.rectangle(box, fill=BLACK)
+    draw.text((box[0] + 2 - left, box[1] + 2 - top), text, font=font, fill=colour)
+
+
+def _label_texts(nodule: Nodule, calibrated: bool) -> list[str]:
+    """The label, then shorter forms for when it does not fit: ``#1 18.4 mm 87%``, ``#1``."""
+    full = _label(nodule, calibrated)
+    size = nodule.longest_diameter_mm
+    short = f"#{nodule.id} " + (f"{size:.1f} mm " if calibrated and size is not None else "")
+    return [full, short + f"{round(100 * nodule.confidence):d}%", f"#{nodule.id}"]
+
+
+def _label_candidates(around: Box, w: int, h: int, bounds: tuple[int, int]) -> list[tuple[int, int]]:
+    """Top-left corners for a ``w`` × ``h`` label near ``around`` (a nodule's box), best first: beside its
+    corners and edges, then a grid over the image by distance from the nodule."""
+    x0, y0, x1, y1 = around
+    cx, cy = (x0 + x1 - w) // 2, (y0 + y1 - h) // 2
+    g = 2
+    near = [
+        (x1 + g, y0 - h - g), (x1 + g, y1 + g), (x0 - w - g, y0 - h - g), (x0 - w - g, y1 + g),
+        (cx, y0 - h - g), (cx, y1 + g), (x1 + g, cy), (x0 - w - g, cy),
+    ]  # fmt: skip
+    step = max(4, h // 2)
+    grid = [(x, y) for y in range(0, bounds[1] - h, step) for x in range(0, bounds[0] - w, step)]
+    grid.sort(key=lambda p: (p[0] - cx) ** 2 + (p[1] - cy) ** 2)
+    return near + grid
+
+
+def _place_labels(
+    draw: ImageDraw.ImageDraw,
+    labels: list[tuple[list[str], Box]],
+    font_size: int,
+    bounds: tuple[int, int],
+    taken: list[Box],
+    avoid: list[Box],
+) -> list[tuple[str, int, Box]]:
+    """Place each label (its texts, longest first, and the box of its nodule) so that no two label boxes,
+    and no label and a box in ``taken`` (other text, the inset), intersect and every box lies inside
+    ``bounds``. Preferred: positions off every box in ``avoid`` (the nodules, the defect arrowheads) and
+    nearer the label's own nodule than any other, so that it reads as that nodule's. A label that fits
+    nowhere is tried shorter, then smaller (down to 8 px), then left out.
+    Returns ``(text, font size, box)`` per placed label; ``taken`` is extended with them."""
+    placed: list[tuple[str, int, Box]] = []
+    nodule_boxes = [around for _, around in labels]
+    for texts, around in labels:
+        others = [b for b in nodule_boxes if b is not around]
+        found = None
+        for size in dict.fromkeys((font_size, max(8, font_size * 2 // 3), 8)):
+            for text in texts:
+                w, h = _text_size(draw, text, size)
+                if w >= bounds[0] or h >= bounds[1]:
+                    continue
+                free = None  # the first free position; the first also clear of ``avoid`` wins at once
+                for x, y in _label_candidates(around, w, h, bounds):
+                    box = (x, y, x + w, y + h)
+                    if min(x, y) < 0 or x + w >= bounds[0] or y + h >= bounds[1]:
+                        continue
+                    if any(_overlaps(box, t) for t in taken):
+                        continue
+                    free = free or box
+                    own = _gap(box, around)
+                    if not any(_overlaps(box, a) for a in avoid) and all(_gap(box, o) > own for o in others):
+                        free = box
+                        break
+                if free is not None:
+                    found = (text, size, free)
+                    break
+            if found:
+                break
+        if found is not None:
+            placed.append(found)
+            taken.append(found[2])
+    return placed
 
 
 def _arrowhead(
@@ -147,8 +243,9 @@ def _arrowhead(
     scale: int,
     size: float,
     thick: int,
-) -> None:
-    """An outlined arrowhead just beyond the fascia gap, on the side away from the nodule, pointing at it."""
+) -> Box:
+    """An outlined arrowhead just beyond the fascia gap, on the side away from the nodule, pointing at it;
+    returns its bounding box."""
     assert nodule.mask is not None
     k0, i0, j0 = nodule.bbox[:3]
     rows, cols = np.nonzero(nodule.mask[k - k0])
@@ -162,18 +259,23 @@ def _arrowhead(
     base = tip + 1.8 * size * away
     corners = [tip, base + size * side, base - size * side]
     draw.polygon([(float(c[1]), float(c[0])) for c in corners], outline=SKY_BLUE, width=max(1, thick))
+    ys, xs = [float(c[0]) for c in corners], [float(c[1]) for c in corners]
+    pad = max(1, thick)
+    return int(min(xs)) - pad, int(min(ys)) - pad, int(max(xs)) + pad, int(max(ys)) + pad
 
 
-def _inset(image: Image.Image, draw: ImageDraw.ImageDraw, nodule: Nodule, scale: int, thick: int) -> None:
+def _inset(
+    image: Image.Image, draw: ImageDraw.ImageDraw, nodule: Nodule, scale: int, thick: int
+) -> Box | None:
     """A magnified view of a nodule that is small on the frame, in the top-right corner, with its area
-    outlined on the frame."""
+    outlined on the frame; returns the inset's box (None when the nodule is not small)."""
     from PIL import Image as PILImage
 
     width, height = image.size
     _, i0, j0, _, i1, j1 = nodule.bbox
     extent = max(i1 - i0, j1 - j0) * scale
     if extent >= 0.12 * min(width, height):
-        return
+        return None
     side = max(3 * extent, 48)
     cy, cx = (i0 + i1) / 2 * scale, (j0 + j1) / 2 * scale
     box = (
@@ -189,9 +291,13 @@ def _inset(image: Image.Image, draw: ImageDraw.ImageDraw, nodule: Nodule, scale:
     draw.rectangle((x - 1, y - 1, x + inset.width, y + inset.height), outline=WHITE, width=max(1, thick // 2))
     size = max(10, min(width, height) // 40)
     _text(draw, (x + 2, y + inset.height - size - 6), f"x{zoom}", size, WHITE, (width, height))
+    return x - 1, y - 1, x + inset.width, y + inset.height
 
 
-def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
+def _draw(
+    result: DetectionResult, k: int, scale: int, boxes: list[tuple[str, Box]] | None = None
+) -> np.ndarray:
+    """Frame ``k`` drawn at ``scale``; the text and inset boxes drawn are appended to ``boxes``."""
     from PIL import Image, ImageDraw
     from scipy.ndimage import binary_erosion
 
@@ -204,6 +310,7 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
     height, width = base.shape[:2]
     thick = max(1, scale // 2, min(height, width) // 250)
     here = [nd for nd in result.nodules if nd.mask is not None and nd.bbox[0] <= k < nd.bbox[3]]
+    avoid: list[Box] = []  # nodules and arrowheads: labels go elsewhere when they can
     for nodule in here:
         k0, i0, j0 = nodule.bbox[:3]
         assert nodule.mask is not None
@@ -218,28 +325,29 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
     draw = ImageDraw.Draw(image)
     font_size = max(10, min(height, width) // 28)
     calibrated = result.series.calibrated
+    nodule_boxes = [
+        (n.bbox[2] * scale, n.bbox[1] * scale, n.bbox[5] * scale - 1, n.bbox[4] * scale - 1) for n in here
+    ]
+    avoid.extend(nodule_boxes)
     for nodule in here:
         defect = nodule.fascia_defect
         if defect.present and defect.location_voxel is not None and round(defect.location_voxel[0]) == k:
-            _arrowhead(draw, nodule, k, defect.location_voxel, scale, max(4.0, font_size * 0.6), thick)
+            avoid.append(
+                _arrowhead(draw, nodule, k, defect.location_voxel, scale, max(4.0, font_size * 0.6), thick)
+            )
+    drawn: list[tuple[str, Box]] = []  # everything but the nodule labels, which are placed last
     roomy = min(height, width) >= 256  # an inset, the key and orientation letters would hide a small image
     if here and roomy:
-        _inset(image, draw, here[0], scale, thick)
-    for nodule in here:
-        _, i0, _, _, _, j1 = nodule.bbox
-        _text(
-            draw,
-            (j1 * scale + 2, i0 * scale - font_size - 4),
-            _label(nodule, calibrated),
-            font_size,
-            ORANGE,
-            (width, height),
-        )
+        inset = _inset(image, draw, here[0], scale, thick)
+        if inset is not None:
+            drawn.append(("inset", inset))
     bounds = (width, height)
     small = max(10, font_size * 2 // 3)
     key_width = draw.textlength(KEY, font=_font(small))
     if here and roomy and key_width < 0.6 * width:  # bottom right: clear of scanner text and the scale bar
-        _text(draw, (width - key_width - 8, height - small - 8), KEY, small, WHITE, bounds)
+        drawn.append(
+            ("key", _text(draw, (width - key_width - 8, height - small - 8), KEY, small, WHITE, bounds))
+        )
     spacing = _col_spacing_mm(result, here[0] if here else None)
     if spacing:
         length_mm = next((mm for mm in SCALE_BAR_MM if mm / spacing * scale <= 0.25 * width), None)
@@ -248,7 +356,11 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
             x0, y0 = 0.04 * width, height - 0.05 * height
             draw.rectangle((x0 - 1, y0 - thick - 1, x0 + bar + 1, y0 + thick + 1), fill=BLACK)
             draw.rectangle((x0, y0 - thick, x0 + bar, y0 + thick), fill=WHITE)
-            _text(draw, (x0, y0 - thick - font_size - 6), f"{length_mm:g} mm", font_size, WHITE, bounds)
+            drawn.append(
+                ("scale bar", (int(x0) - 1, int(y0) - thick - 1, int(x0 + bar) + 2, int(y0) + thick + 2))
+            )
+            text_xy = (x0, y0 - thick - font_size - 6)
+            drawn.append(("scale", _text(draw, text_xy, f"{length_mm:g} mm", font_size, WHITE, bounds)))
     if result.series.affine is not None and roomy:
         row_dir, col_dir = np.asarray(result.series.affine)[:3, 1], np.asarray(result.series.affine)[:3, 2]
         for vector, (x, y) in (
@@ -257,8 +369,26 @@ def _draw(result: DetectionResult, k: int, scale: int) -> np.ndarray:
             (row_dir, (width / 2, height - font_size - 8)),
             (-row_dir, (width / 2, font_size + 12)),
         ):
-            _text(draw, (x, y), orientation_letters(vector), font_size, WHITE, bounds)
+            drawn.append(
+                ("orientation", _text(draw, (x, y), orientation_letters(vector), font_size, WHITE, bounds))
+            )
+    taken = [box for _, box in drawn]
+    requests = [(_label_texts(nd, calibrated), box) for nd, box in zip(here, nodule_boxes, strict=True)]
+    for text, size, box in _place_labels(draw, requests, font_size, bounds, taken, avoid):
+        _draw_text_box(draw, box, text, size, ORANGE)
+        drawn.append(("label", box))
+    if boxes is not None:
+        boxes.extend(drawn)
     return np.asarray(image, dtype=np.uint8)
+
+
+def text_boxes(result: DetectionResult, frame_index: int, scale: int = 1) -> list[tuple[str, Box]]:
+    """``(kind, box)`` of every text box and the inset :func:`render_overlay` draws on a frame (at
+    ``scale``): kinds ``"label"`` (one per placed nodule label), ``"key"``, ``"scale"``, ``"scale bar"``,
+    ``"orientation"``, ``"inset"``. Boxes are (x0, y0, x1, y1) pixels, both ends inclusive."""
+    boxes: list[tuple[str, Box]] = []
+    _draw(result, frame_index, scale, boxes)
+    return boxes
 
 
 def render_overlay(result: DetectionResult, frame_index: int) -> np.ndarray:

@@ -87,3 +87,62 @@ def test_no_findings_montage_only(tmp_path: Path) -> None:
     result = make_result(mr(tmp_path / "mr"), 0)
     ((name, montage),) = png_images(result)
     assert name == "montage.png" and montage.ndim == 3 and montage.any()
+
+
+def _crowded(result, gap: int = 1):
+    """``result`` with its second nodule moved onto the first one's frame, ``gap`` pixels to its right."""
+    import dataclasses
+
+    first, second = result.nodules[:2]
+    k0, i0, _, k1, i1, j1 = first.bbox
+    w = second.bbox[5] - second.bbox[2]
+    bbox = (k0, i0, j1 + gap, k1, i1, j1 + gap + w)
+    mask = np.ones((k1 - k0, i1 - i0, w), bool)
+    moved = dataclasses.replace(
+        second, bbox=bbox, mask=mask, center_voxel=(float(k0), (i0 + i1) / 2, j1 + gap + w / 2)
+    )
+    return dataclasses.replace(result, nodules=[first, moved, *result.nodules[2:]])
+
+
+def _assert_apart_and_inside(boxes, shape) -> None:
+    height, width = shape[:2]
+    for n, (kind, (x0, y0, x1, y1)) in enumerate(boxes):
+        if kind == "label":
+            assert 0 <= x0 < x1 < width and 0 <= y0 < y1 < height, ((x0, y0, x1, y1), shape)
+        for other_kind, other in boxes[n + 1 :]:
+            if "label" in (kind, other_kind):
+                assert not (x0 <= other[2] and other[0] <= x1 and y0 <= other[3] and other[1] <= y1), (
+                    kind,
+                    other_kind,
+                )
+
+
+@pytest.mark.parametrize("modality", ["mr", "us"])
+def test_labels_of_neighbouring_nodules_never_collide_nor_leave_the_image(
+    tmp_path: Path, modality: str
+) -> None:
+    from backmice_vision.render import _gap, text_boxes
+
+    series = mr(tmp_path / "mr") if modality == "mr" else us(tmp_path / "us.dcm", 1)
+    result = _crowded(make_result(series, 2))
+    k = result.nodules[0].bbox[0]
+    scale = png_scale(series.shape[1:])
+    for s in (scale, 1):  # the PNG and the source-resolution overlay (Secondary Capture)
+        image = render_overlay(result, k) if s == 1 else dict(png_images(result))[f"overlay_k{k:04d}.png"]
+        boxes = text_boxes(result, k, s)
+        labels = [box for kind, box in boxes if kind == "label"]
+        _assert_apart_and_inside(boxes, image.shape)
+        if s == scale:
+            assert len(labels) == 2  # both fit on the PNG, each nearer its own nodule than the other
+            nodules = [
+                (n.bbox[2] * s, n.bbox[1] * s, n.bbox[5] * s - 1, n.bbox[4] * s - 1) for n in result.nodules
+            ]
+            for own, (label, other) in enumerate(zip(labels, nodules[::-1], strict=True)):
+                assert _gap(label, nodules[own]) < _gap(label, other)
+        for x0, y0, x1, y1 in labels:
+            # nothing else drawn over a label: only its black box and orange (antialiased) text
+            patch = image[y0 : y1 + 1, x0 : x1 + 1].reshape(-1, 3).astype(float)
+            orange = np.asarray(ORANGE, float)
+            t = patch @ orange / (orange @ orange)
+            assert np.abs(patch - t[:, None] * orange).max() <= 3, "a label is overdrawn"
+            assert (patch.sum(axis=1) > 0).any()
