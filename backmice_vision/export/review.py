@@ -164,11 +164,11 @@ def _evaluation_links(out_dir: Path) -> list[tuple[str, str]]:
         for modality, m in sorted((info.get("modalities") or {}).items()):
             if isinstance(m, dict):
                 names.append((f"reliability {modality}", m.get("reliability_png")))
-        names.append(("evaluation.md", "evaluation.md"))
+        names.append(("summary", "evaluation.md"))
         for label, name in names:
             if isinstance(name, str) and (meta.parent / name).is_file():
                 rel = name if where == "." else f"{where}/{name}"
-                links.append((label if where == "." else f"{label} ({where})", rel))
+                links.append((label if where == "." else f"{where}: {label}", rel))
     return links
 
 
@@ -247,13 +247,18 @@ def review_page(report: BatchReport, out_dir: Path) -> str:
     links = _evaluation_links(out_dir)
     evaluation = ""
     if links:
-        items = "".join(
-            f'<a href="{html.escape(rel)}">'
-            + (f'<img src="{html.escape(rel)}" alt="{html.escape(label)}">' if rel.endswith(".png") else "")
-            + f"<span>{html.escape(label)}</span></a>"
+        plots = "".join(
+            f'<a href="{html.escape(rel)}"><img src="{html.escape(rel)}" alt="{html.escape(label)}">'
+            f"<span>{html.escape(label)}</span></a>"
             for label, rel in links
+            if rel.endswith(".png")
         )
-        evaluation = f'<div class="card eval"><h2>Evaluation</h2><div class="evl">{items}</div></div>'
+        texts = " ".join(
+            f'<a href="{html.escape(rel)}">{html.escape(label)}</a>'
+            for label, rel in links
+            if not rel.endswith(".png")
+        )
+        evaluation = f'<div class="plot eval"><h2>Evaluation {texts}</h2><div class="evl">{plots}</div></div>'
     replacements = {
         "@CSS@": _PAGE_CSS,
         "@SCRIPT@": _PAGE_SCRIPT,
@@ -322,7 +327,7 @@ _PAGE_TEMPLATE = """<!doctype html>
 <header><h1>backmice batch review</h1><p class="note">Research use only, not for diagnosis.
 Written @CREATED@. Click a row to see its overlays; sort by clicking a column header.</p></header>
 <section class="top">
-<div class="card"><h2>Totals</h2><table class="kv">@TOTALS@</table></div>
+<div class="card totals"><h2>Totals</h2><table class="kv">@TOTALS@</table></div>
 <div class="card"><h2>Settings</h2><table class="kv">@SETTINGS@</table></div>
 </section>
 <section class="plots">@PLOTS@@EVALUATION@</section>
@@ -341,7 +346,8 @@ Written @CREATED@. Click a row to see its overlays; sort by clicking a column he
 <th data-sort="prob" title="series probability of a back mouse">P(series)</th>
 <th class="fh"><div class="fr"><span data-sort="n">#</span><span data-sort="size">longest mm</span>
 <span data-sort="depth">depth mm</span><span>side</span><span data-sort="conf">confidence</span>
-<span data-sort="defect">defect P</span></div></th><th data-sort="secs">s</th></tr></thead>
+<span data-sort="defect" title="fascia-defect probability; \u25cf: defect present">defect P \u25cf</span>
+</div></th><th data-sort="secs">s</th></tr></thead>
 <tbody></tbody></table>
 <section id="problems"></section>
 <div id="detail" hidden><div class="panel" role="dialog" aria-modal="true"><div class="bar">
@@ -359,14 +365,17 @@ background:#f6f7f9}
 h1{font-size:22px;margin:18px 0 2px}h2{font-size:15px;margin:0 0 6px}.note{margin:0 0 12px;color:#5b6472}
 .top{display:flex;gap:16px;flex-wrap:wrap}
 .card{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:10px 14px;flex:1 1 420px}
+.card.totals{flex:0 1 440px}
 .kv th{text-align:left;color:#5b6472;font-weight:600;padding:1px 12px 1px 0;vertical-align:top;
 white-space:nowrap}
 .kv td{padding:1px 0;word-break:break-word}.plots{display:flex;gap:16px;flex-wrap:wrap;margin:14px 0}
 .plot{background:#fff;border:1px solid #dde1e6;border-radius:6px}.plot rect{fill:#0072b2}
 .plot .g{stroke:#e4e7eb}.plot text{font-size:10px;fill:#5b6472}
 .plot .t{font-size:12px;font-weight:600;fill:#1d2430}.plot .y{text-anchor:end}.plot .x{text-anchor:middle}
-.eval{flex:0 1 auto}.evl{display:flex;gap:10px}
-.evl a{display:flex;flex-direction:column;align-items:center;font-size:12px}.evl img{height:110px}
+.eval{padding:4px 10px;height:170px}.eval h2{font-size:12px;margin:0 0 4px}
+.eval h2 a{font-weight:400;margin-left:8px}
+.evl{display:flex;gap:10px}.evl a{display:flex;flex-direction:column;align-items:center;font-size:11px}
+.evl img{height:126px}
 #filters{position:sticky;top:0;z-index:2;display:flex;flex-wrap:wrap;gap:14px;align-items:center;
 background:#e9edf2;border:1px solid #d3d9e0;border-radius:6px;padding:8px 12px;margin-bottom:8px}
 #filters input[type=number]{width:64px}#q{width:260px}#count{margin-left:auto;color:#5b6472}
@@ -379,8 +388,8 @@ border-bottom:2px solid #cfd5dc;z-index:1}
 .sorted::after{content:" \\25B2"}.sorted.desc::after{content:" \\25BC"}
 #series td{border-bottom:1px solid #e4e7eb;padding:6px 8px;vertical-align:top}
 #series tbody tr{cursor:pointer}#series tbody tr:hover td{background:#f2f7fc}
-.c-img{width:150px}.c-label{width:300px}.c-status{width:80px}.c-p{width:80px}.c-sec{width:56px}
-td.thumb img{max-width:134px;max-height:80px;display:block;border-radius:3px;background:#000}
+.c-img{width:190px}.c-label{width:300px}.c-status{width:80px}.c-p{width:80px}.c-sec{width:56px}
+td.thumb img{max-width:174px;max-height:100px;display:block;border-radius:3px;background:#000}
 .lab{font-weight:600;overflow-wrap:anywhere}
 .mod{display:inline-block;background:#1d2430;color:#fff;border-radius:3px;padding:0 5px;margin-right:6px;
 font-size:12px}
@@ -484,7 +493,7 @@ function num(v, d, cls) {
 }
 function findingLine(x) {
   const dot = x.defect ?
-    el("span", {class: "dot", title: "fascia defect present", text: " \u25CF defect"}) : null;
+    el("span", {class: "dot", title: "fascia defect present", text: " \u25CF"}) : null;
   return el("div", {class: "fr", "data-finding": x.id}, el("span", {class: "num", text: "#" + x.id}),
     num(x.size, 2, "size"), num(x.depth, 2, "depth"), el("span", {class: "side", text: x.side}),
     num(x.conf, 2, "conf"), el("span", {}, num(x.defp, 2, "defp"), dot));
