@@ -12,10 +12,13 @@ whose weights start the training: fine-tuning, e.g. the shipped model on your ow
 
 Loop: DiceCE loss (Dice without background, over the batch) on class-balanced patches; AdamW with cosine
 decay per epoch; validation after every epoch on the full validation tiles (Dice of nodule and defect over
-all pixels, their mean selects the best checkpoint). Every epoch re-seeds Python, NumPy, torch, the MONAI
-transforms and the sampler from ``seed + epoch``, so a run resumed from ``last.pt`` (model, optimizer,
-scheduler, epoch, best, history) continues exactly as the uninterrupted one. At the end the best weights
-become a bundle (atomic write), with calibration fitted on the validation phantoms when ``calibrate``.
+all pixels, their mean selects the best checkpoint). The epoch's images come from
+:class:`~backmice_vision.model.synthetic.MixedTrainingSet` (annotated tiles, and domain-randomised
+phantoms when ``data.train`` holds a ``type: synthetic`` source). Every epoch re-seeds Python, NumPy,
+torch, the MONAI transforms and the image draw from ``seed`` and the epoch, so a run resumed from
+``last.pt`` (model, optimizer, scheduler, epoch, best, history) continues exactly as the uninterrupted one.
+At the end the best weights become a bundle (atomic write), with calibration fitted on the validation
+phantoms when ``calibrate``.
 """
 
 from __future__ import annotations
@@ -197,13 +200,12 @@ def _save_atomic(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _seed_epoch(seed: int, epoch: int, transforms: Any, generator: Any) -> None:
+def _seed_epoch(seed: int, epoch: int, transforms: Any) -> None:
     from monai.utils import set_determinism
 
     s = int(seed) * 1000 + int(epoch)
     set_determinism(seed=s)
     transforms.set_random_state(seed=s)
-    generator.manual_seed(s)
 
 
 def train(
@@ -211,7 +213,7 @@ def train(
 ) -> Path:
     """Train per ``config`` (a mapping or a YAML path) and write the bundle; returns the bundle folder."""
     import torch
-    from monai.data import DataLoader, Dataset
+    from monai.data import DataLoader
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
@@ -219,6 +221,7 @@ def train(
     from .data import build_samples, class_frequencies, collect_items
     from .inference import resolve_device
     from .network import build_network, count_parameters, default_spec
+    from .synthetic import MixedTrainingSet, SyntheticSource
     from .transforms import train_transforms
 
     cfg = load_config(config) if isinstance(config, (str, Path)) else check_config(config)
@@ -234,19 +237,26 @@ def train(
     data = cfg["data"]
 
     _maybe_generate(data["train"] + data["val"], cfg["modality"], log)
-    train_items, val_items = collect_items(data["train"]), collect_items(data["val"])
+    synthetic_cfg = [s for s in data["train"] if isinstance(s, dict) and s.get("type") == "synthetic"]
+    if len(synthetic_cfg) > 1:
+        raise ConfigError("data.train may hold one synthetic source")
+    synthetic = SyntheticSource.from_config(synthetic_cfg[0], prep) if synthetic_cfg else None
+    annotated = [s for s in data["train"] if not (isinstance(s, dict) and s.get("type") == "synthetic")]
+    train_items, val_items = collect_items(annotated), collect_items(data["val"])
     train_samples = list(build_samples(train_items, prep, cache, int(data["max_frames_per_series"]), log))
     val_all = list(build_samples(val_items, prep, cache, int(data["max_frames_per_series"]), log))
-    if not train_samples or not val_all:
+    if (not train_samples and synthetic is None) or not val_all:
         raise ConfigError("no usable training or validation samples (see the messages above)")
     pick = (
         np.linspace(0, len(val_all) - 1, min(len(val_all), int(data["max_val_samples"]))).round().astype(int)
     )
     val_samples = [val_all[i] for i in sorted(set(pick.tolist()))]
-    freq = class_frequencies(train_samples)
+    share = float(synthetic_cfg[0].get("share", 0.5)) if synthetic_cfg else 0.0
+    freq = class_frequencies(train_samples) if train_samples else np.zeros(len(MODEL_CLASSES))
     log(
-        f"{len(train_samples)} training tiles from {len(train_items)} series, {len(val_samples)} validation "
-        f"tiles; class pixel shares "
+        f"{len(train_samples)} training tiles from {len(train_items)} series"
+        + (f" + domain-randomised phantoms ({share:.0%} of the images)" if synthetic else "")
+        + f", {len(val_samples)} validation tiles; class pixel shares of the tiles "
         + ", ".join(f"{c} {f:.4f}" for c, f in zip(MODEL_CLASSES, freq, strict=True))
     )
 
@@ -260,17 +270,18 @@ def train(
     transforms = train_transforms(prep.modality, aug)
     per_image = int(aug.get("samples_per_image", 2))
     images_per_step = max(1, opt_cfg["batch_size"] // per_image)
-    generator = torch.Generator()
-    sampler = torch.utils.data.RandomSampler(
-        range(len(train_samples)),
-        replacement=True,
-        num_samples=opt_cfg["steps_per_epoch"] * images_per_step,
-        generator=generator,
+    train_set = MixedTrainingSet(
+        train_samples,
+        synthetic,
+        share,
+        transforms,
+        opt_cfg["steps_per_epoch"] * images_per_step,
+        int(cfg["seed"]),
     )
     loader = DataLoader(
-        Dataset(train_samples, transforms),
+        train_set,
         batch_size=images_per_step,
-        sampler=sampler,
+        shuffle=False,
         num_workers=int(cfg["num_workers"]),
     )
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
@@ -299,10 +310,11 @@ def train(
 
     limit_s = None if cfg["max_minutes"] in (None, 0) else 60.0 * float(cfg["max_minutes"])
     timed_out = False
-    epoch = start_epoch
+    epoch, run_s = start_epoch, 0.0
     for epoch in range(start_epoch, epochs):
         t_ep = time.perf_counter()
-        _seed_epoch(int(cfg["seed"]), epoch, transforms, generator)
+        _seed_epoch(int(cfg["seed"]), epoch, transforms)
+        train_set.set_epoch(epoch)
         net.train()
         losses = []
         for batch in loader:
@@ -346,11 +358,16 @@ def train(
         )
         with open(work / "history.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+        run_s += ep_s
+        eta_s = (epochs - epoch - 1) * run_s / (epoch + 1 - start_epoch)
+        if limit_s is not None:
+            eta_s = min(eta_s, max(0.0, limit_s - (time.perf_counter() - t_start)))
         log(
             f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} dice nodule {metrics['dice_nodule']:.3f} "
             f"defect {metrics['dice_defect']:.3f} fascia {metrics['dice_fascia']:.3f} "
             f"fat {metrics['dice_fat']:.3f}"
-            f" mean {metrics['mean_dice']:.4f}{' *' if improved else ''} ({ep_s:.0f} s)"
+            f" mean {metrics['mean_dice']:.4f}{' *' if improved else ''}"
+            f" ({ep_s:.0f} s, ETA {eta_s / 60:.0f} min)"
         )
         if timed_out:
             log(f"wall-time limit of {cfg['max_minutes']} min reached after epoch {epoch + 1}")
@@ -366,7 +383,13 @@ def train(
     training = {
         "config": {k: v for k, v in cfg.items() if k not in ("data",)} | {"data": data},
         "data": f"{len(train_items)} training / {len(val_items)} validation series "
-        f"({len(train_samples)} / {len(val_all)} tiles) of synthetic phantoms",
+        f"({len(train_samples)} / {len(val_all)} tiles) of synthetic phantoms"
+        + (
+            f"; {share:.0%} of the training images domain-randomised on the fly from "
+            f"{synthetic.subjects} phantom subjects ({synthetic.pool} label maps)"
+            if synthetic
+            else ""
+        ),
         "class_pixel_share": {c: round(float(f), 6) for c, f in zip(MODEL_CLASSES, freq, strict=True)},
         "epochs_run": len(history),
         "best_epoch": int(best_ck["epoch"]),

@@ -60,11 +60,12 @@ _NODULE_TISSUES = (Tissue.NODULE, Tissue.NODULE_CAPSULE, Tissue.STALK)
 class SubjectLike(Protocol):
     """What the simulator needs from ``phantoms.anatomy.Subject``."""
 
-    nodules: Sequence[Any]
+    @property
+    def nodules(self) -> Sequence[Any]: ...
 
     def labels_at(self, points_mm: np.ndarray) -> np.ndarray: ...
 
-    def skin_y(self, x: float, z: float) -> float: ...
+    def skin_y(self, x: Any, z: Any) -> Any: ...
 
 
 # ---------------------------------------------------------------------------------------------

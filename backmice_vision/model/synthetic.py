@@ -1,0 +1,155 @@
+"""Training samples drawn on the fly: domain-randomised phantoms mixed with the annotated tiles.
+
+A ``type: synthetic`` entry under ``data.train`` of a training config adds
+:class:`SyntheticSource` (label maps from phantom subjects, a new appearance for every draw,
+:mod:`backmice_vision.phantoms.randomise`) beside the annotated sources (physics phantoms or a user's
+own DICOM SEG / NIfTI, :mod:`.data`)::
+
+    - type: synthetic
+      share: 0.6            # fraction of the training images drawn from it
+      subjects: 400         # phantom subjects (seed, seed + 1, ...)
+      pool: 3000            # label maps kept (each is re-drawn with a new look every time)
+      seed: 7
+      anatomy: {...}        # AnatomyConfig overrides (e.g. nodule sizes 5-45 mm)
+
+:class:`MixedTrainingSet` is the epoch's list of images: item ``i`` of epoch ``e`` is a pure function of
+``(seed, e, i)``, so a run resumed from its checkpoint draws the same images as an uninterrupted one.
+Samples are ``{"image": float32 (C, h, w) in [0, 1], "label": uint8 (1, h, w)}`` in model space, as the
+tiles of :func:`~backmice_vision.model.data.series_samples` (before the training transforms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+from ..labels import tissue_to_class_lut
+from .inference import Preprocessing, _scale
+
+_CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
+SYNTHETIC_KEYS = frozenset({"type", "share", "subjects", "pool", "seed", "anatomy"})
+
+
+@dataclass
+class SyntheticSource:
+    """Domain-randomised samples of one modality at the model spacing of ``prep``.
+
+    Label map ``p`` of the pool comes from subject ``p % subjects`` with a generator seeded by
+    ``(seed, p)``; it is built on first use and kept (a few tens of kB each).
+    """
+
+    prep: Preprocessing
+    subjects: int = 400
+    pool: int = 3000
+    seed: int = 0
+    anatomy: dict[str, Any] = field(default_factory=dict)
+    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _subjects: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_config(cls, entry: dict[str, Any], prep: Preprocessing) -> SyntheticSource:
+        unknown = sorted(set(entry) - SYNTHETIC_KEYS)
+        if unknown:
+            raise ConfigError(f"synthetic source: unknown key(s) {', '.join(unknown)}")
+        try:
+            src = cls(
+                prep=prep,
+                subjects=int(entry.get("subjects", 400)),
+                pool=int(entry.get("pool", 3000)),
+                seed=int(entry.get("seed", 0)),
+                anatomy=dict(entry.get("anatomy") or {}),
+            )
+        except (TypeError, ValueError):
+            raise ConfigError("synthetic source: subjects, pool and seed must be integers") from None
+        if src.subjects < 1 or src.pool < 1:
+            raise ConfigError("synthetic source: subjects and pool must be >= 1")
+        from ..phantoms.anatomy import AnatomyConfig
+
+        AnatomyConfig.from_dict(src.anatomy)  # fail at start, not in the middle of an epoch
+        return src
+
+    def _subject(self, index: int) -> Any:
+        if index not in self._subjects:
+            from ..phantoms.anatomy import AnatomyConfig, make_subject
+
+            self._subjects[index] = make_subject(
+                self.seed * 100_003 + index, AnatomyConfig.from_dict(self.anatomy)
+            )
+        return self._subjects[index]
+
+    def label_map(self, p: int) -> np.ndarray:
+        """Tissue labels of pool entry ``p``: ``(rows, cols)`` (US) or ``(C, rows, cols)`` (MR)."""
+        if p not in self._maps:
+            from ..phantoms import randomise
+
+            rng = np.random.default_rng([self.seed, p, 0x5EED])
+            subject = self._subject(p % self.subjects)
+            if self.prep.modality == "US":
+                self._maps[p] = randomise.us_label_map(subject, rng, self.prep.spacing_mm)
+            else:
+                self._maps[p] = randomise.mr_label_stack(
+                    subject, rng, self.prep.spacing_mm, self.prep.context
+                )
+        return self._maps[p]
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One sample with a new appearance for a pool label map chosen by ``rng``."""
+        from ..phantoms import randomise
+
+        labels = self.label_map(int(rng.integers(self.pool)))
+        if self.prep.modality == "US":
+            image = randomise.randomise_us(labels, rng, self.prep.spacing_mm)[None]
+            centre = labels
+        else:
+            image = randomise.randomise_mr(labels, rng, self.prep.spacing_mm)
+            centre = labels[self.prep.context]
+        image = _scale(np.ascontiguousarray(image, np.float32), self.prep.percentiles)
+        return {"image": image, "label": _CLASS_LUT[centre][None]}
+
+
+class MixedTrainingSet(Dataset[Any]):
+    """The images of one epoch (a map-style dataset of ``length`` items, transforms applied).
+
+    Item ``i`` is drawn from the synthetic source with probability ``share``, otherwise it is one of
+    ``tiles`` (annotated tiles, chosen uniformly); the choice and the synthetic appearance are seeded by
+    ``(seed, epoch, i)``. :meth:`set_epoch` moves to the next epoch.
+    """
+
+    def __init__(
+        self,
+        tiles: list[dict[str, np.ndarray]],
+        synthetic: SyntheticSource | None,
+        share: float,
+        transforms: Any,
+        length: int,
+        seed: int,
+    ) -> None:
+        if not tiles and synthetic is None:
+            raise ConfigError("no training samples: add an annotated source or a synthetic one")
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"synthetic share must be in [0, 1], got {share}")
+        self.tiles, self.synthetic, self.transforms = tiles, synthetic, transforms
+        self.share = share if tiles else 1.0
+        self.length, self.seed, self.epoch = int(length), int(seed), 0
+        if synthetic is None:
+            self.share = 0.0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def raw(self, i: int) -> dict[str, np.ndarray]:
+        """Item ``i`` of the current epoch before the transforms."""
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        if self.synthetic is not None and rng.random() < self.share:
+            return self.synthetic.sample(rng)
+        return self.tiles[int(rng.integers(len(self.tiles)))]
+
+    def __getitem__(self, i: int) -> Any:
+        return self.transforms(self.raw(i))

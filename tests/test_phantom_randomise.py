@@ -1,0 +1,162 @@
+"""Domain randomisation: label maps from phantom subjects, random appearance, the mixed training set."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_factory import SEGMENT_MAP, TINY_NET, write_mr_with_seg
+
+from backmice_vision.errors import ConfigError
+from backmice_vision.labels import FAT, Tissue, tissue_to_class_lut
+from backmice_vision.model.bundle import load_bundle
+from backmice_vision.model.inference import DEFAULT_MR, Preprocessing
+from backmice_vision.model.synthetic import MixedTrainingSet, SyntheticSource
+from backmice_vision.phantoms import randomise as R
+from backmice_vision.phantoms.anatomy import AnatomyConfig, make_subject
+
+US_PREP = Preprocessing("US", spacing_mm=0.4)
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return make_subject(11, AnatomyConfig(force_nodules=2))
+
+
+def test_us_label_map_is_a_contact_scan_of_random_field_of_view(subject) -> None:
+    shapes = set()
+    for seed in range(6):
+        lab = R.us_label_map(subject, np.random.default_rng(seed), 0.4, depth_mm=(20, 70), width_mm=(25, 60))
+        assert lab.dtype == np.uint8
+        assert 20 / 0.4 - 1 <= lab.shape[0] <= 70 / 0.4 + 1 and 25 / 0.4 - 1 <= lab.shape[1] <= 60 / 0.4 + 1
+        assert np.all(np.argmax(lab != Tissue.AIR, axis=0) <= 1)  # skin at the transducer face
+        shapes.add(lab.shape)
+    assert len(shapes) == 6
+    again = R.us_label_map(subject, np.random.default_rng(3), 0.4)
+    assert np.array_equal(again, R.us_label_map(subject, np.random.default_rng(3), 0.4))
+
+
+def test_randomised_us_images_vary_around_a_fixed_anatomy(subject) -> None:
+    rng = np.random.default_rng(0)
+    lab = next(
+        m
+        for m in (R.us_label_map(subject, rng, 0.4, p_on_nodule=1.0) for _ in range(20))
+        if (m == Tissue.NODULE).sum() > 200
+    )
+    images = [R.randomise_us(lab, np.random.default_rng(s), 0.4) for s in range(24)]
+    for img in images:
+        assert img.shape == lab.shape and img.dtype == np.float32
+        assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+    nod, fat = lab == Tissue.NODULE, np.isin(lab, [Tissue.SUPERFICIAL_FAT, Tissue.DEEP_FAT])
+    contrast = np.array([img[nod].mean() - img[fat].mean() for img in images])
+    # the lesion is not one brightness: iso-, hypo- and hyperechoic draws all occur
+    assert (contrast < -0.02).any() and (contrast > 0.02).any() and (np.abs(contrast) < 0.05).any()
+    assert np.std([img.mean() for img in images]) > 0.03  # gain / dynamic range vary
+    assert not np.array_equal(images[0], images[1])
+    assert np.array_equal(images[5], R.randomise_us(lab, np.random.default_rng(5), 0.4))
+
+
+def test_mr_label_stack_and_randomised_contrast(subject) -> None:
+    rng = np.random.default_rng(1)
+    stack = R.mr_label_stack(subject, rng, 0.9, context=1)
+    assert stack.shape[0] == 3 and stack.shape[1] == stack.shape[2]
+    assert not np.array_equal(stack[0], stack[2])  # neighbouring slices, 3-6 mm apart
+    assert (stack != Tissue.AIR).mean() > 0.2
+    img = R.randomise_mr(stack, np.random.default_rng(2), 0.9)
+    assert img.shape == stack.shape and img.dtype == np.float32 and img.min() >= 0 and img.max() <= 1
+    fat_signal = []
+    for s in range(12):
+        im = R.randomise_mr(stack, np.random.default_rng(s), 0.9)
+        fat_signal.append(float(im[stack == Tissue.DEEP_FAT].mean()))
+    assert max(fat_signal) - min(fat_signal) > 0.3  # fat bright (T1-like) in some draws, dark in others
+
+
+def test_synthetic_source_samples_in_model_space() -> None:
+    entry = {"type": "synthetic", "subjects": 3, "pool": 5, "seed": 4, "anatomy": {"force_nodules": 1}}
+    src = SyntheticSource.from_config(entry, US_PREP)
+    a = src.sample(np.random.default_rng(9))
+    b = src.sample(np.random.default_rng(9))
+    assert a["image"].shape[0] == 1 and a["image"].shape[1:] == a["label"].shape[1:]
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+    assert a["label"].max() <= 4 and (a["label"] == FAT).any()
+    lut = np.asarray(tissue_to_class_lut())
+    p = next(iter(src._maps))
+    assert np.array_equal(lut[src.label_map(p)], lut[src.label_map(p)])
+    mr = SyntheticSource.from_config(entry, DEFAULT_MR).sample(np.random.default_rng(1))
+    assert mr["image"].shape[0] == 3 and mr["label"].shape[0] == 1
+    with pytest.raises(ConfigError, match="unknown key"):
+        SyntheticSource.from_config({**entry, "shares": 1}, US_PREP)
+    with pytest.raises(ConfigError, match="anatomy config"):
+        SyntheticSource.from_config({**entry, "anatomy": {"nodule_sizes": 3}}, US_PREP)
+
+
+def test_mixed_set_is_a_function_of_seed_epoch_and_index() -> None:
+    src = SyntheticSource.from_config({"type": "synthetic", "subjects": 2, "pool": 4, "seed": 1}, US_PREP)
+    tile = {"image": np.zeros((1, 8, 8), np.float16), "label": np.zeros((1, 8, 8), np.uint8)}
+
+    def draw(share: float, epoch: int) -> list[bool]:
+        ds = MixedTrainingSet([tile], src, share, lambda d: d, 12, seed=5)
+        ds.set_epoch(epoch)
+        return [ds.raw(i) is tile for i in range(12)]
+
+    assert draw(0.5, 0) == draw(0.5, 0)
+    assert draw(0.5, 0) != draw(0.5, 1)
+    assert all(draw(0.0, 0)) and not any(draw(1.0, 0))
+    only_synthetic = MixedTrainingSet([], src, 0.2, lambda d: d, 3, seed=5)
+    assert all(only_synthetic.raw(i) is not tile for i in range(3))
+    with pytest.raises(ConfigError):
+        MixedTrainingSet([], None, 0.5, lambda d: d, 3, seed=5)
+
+
+def test_training_mixes_synthetic_images_and_resumes_exactly(tmp_path: Path) -> None:
+    import torch
+
+    from backmice_vision.model.train import train
+
+    write_mr_with_seg(tmp_path / "val", seed=2)
+    write_mr_with_seg(tmp_path / "train", seed=0)
+
+    def cfg(work: str) -> dict:
+        return {
+            "name": "tiny_mr",
+            "modality": "MR",
+            "seed": 3,
+            "num_threads": 1,
+            "work_dir": str(tmp_path / work),
+            "cache_dir": str(tmp_path / "cache"),
+            "out": str(tmp_path / work / "bundle"),
+            "network": copy.deepcopy(TINY_NET),
+            "calibrate": False,
+            "data": {
+                "train": [
+                    {"type": "synthetic", "share": 0.7, "subjects": 2, "pool": 4, "seed": 1},
+                    {"type": "dicom_seg", "path": str(tmp_path / "train"), "segment_map": SEGMENT_MAP},
+                ],
+                "val": [{"type": "dicom_seg", "path": str(tmp_path / "val"), "segment_map": SEGMENT_MAP}],
+            },
+            "augment": {"patch": [48, 48], "samples_per_image": 2},
+            "optim": {"lr": 0.01, "batch_size": 4, "epochs": 2, "steps_per_epoch": 3},
+        }
+
+    lines: list[str] = []
+    out = train(cfg("a"), device="cpu", log=lines.append)
+    assert any("domain-randomised phantoms (70% of the images)" in line for line in lines)
+    assert any("ETA" in line for line in lines if line.startswith("epoch 1/2"))
+    assert "domain-randomised" in load_bundle(out).metadata["training"]["data"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(msg: str) -> None:
+        if msg.startswith("epoch 1/2"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg("b"), device="cpu", log=stop_after_first)
+    train(cfg("b"), resume=True, device="cpu", log=lambda m: None)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
