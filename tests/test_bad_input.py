@@ -215,3 +215,52 @@ def test_output_closed_early_ends_quietly(tmp_path: Path, command: list[str]) ->
     assert first.strip(), "the command printed nothing"
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert code == 141
+
+
+def _deflated_file(path: Path, pixel_bytes: int) -> Path:
+    """A Deflated Explicit VR Little Endian MR file whose (zero) pixel data inflates to ``pixel_bytes``,
+    compressed in 1 MiB steps so the test never holds the inflated bytes."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.Rows, ds.Columns = 4096, pixel_bytes // 8192
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    head.write(bytes(128) + b"DICM")
+    write_file_meta_info(head, ds.file_meta)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as fh:
+        fh.write(head.getvalue())
+        fh.write(
+            deflater.compress(
+                body.getvalue() + b"\xe0\x7f\x10\x00OW\x00\x00" + pixel_bytes.to_bytes(4, "little")
+            )
+        )
+        zeros = bytes(2**20)
+        for _ in range(pixel_bytes // 2**20):
+            fh.write(deflater.compress(zeros))
+        fh.write(deflater.flush())
+    return path
+
+
+def test_deflate_bomb_and_deflated_claims_are_refused_without_inflating(tmp_path: Path) -> None:
+    bomb = _deflated_file(tmp_path / "bomb.dcm", 300 * 2**20)  # 300 MiB of zeros in ~300 kB
+    assert bomb.stat().st_size < 2**20
+    _refused_small(bomb, "deflated data set inflates past 256 MiB")
+    # honest sizes load; a frame count beyond what the stream holds is refused
+    small = _deflated_file(tmp_path / "small.dcm", 2**20)
+    assert load_series(small).shape == (1, 4096, 128)
+    ds = pydicom.dcmread(small)
+    ds.NumberOfFrames = HUGE_FRAMES
+    ds.save_as(tmp_path / "claims.dcm")
+    _refused_small(
+        tmp_path / "claims.dcm", r"claims \d+ bytes of pixel data but the deflated data set inflates to"
+    )

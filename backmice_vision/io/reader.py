@@ -11,6 +11,7 @@ import os
 import re
 import struct
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from ..types import SeriesRef
 ANALYSED_MODALITIES = ("MR", "US")
 _CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
 _LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV")
+MAX_INFLATED_BYTES = 256 * 2**20  # no image stored deflated is larger; a bomb would inflate without end
 _ITEM_TAG = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -135,12 +137,13 @@ def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
     """
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(132 + 4096)
     except OSError as exc:
         raise InvalidDicom(f"cannot open ({type(exc).__name__})", path) from None
     part10 = head[128:132] == b"DICM"
     if not part10 and not _looks_like_raw_dataset(head):
         return None
+    inflated = _inflated_size(path) if part10 and DeflatedExplicitVRLittleEndian.encode() in head else None
     tags = _SCAN_TAGS if scan_only else None
     with guarded(path, "cannot parse DICOM header"), open(path, "rb") as fh:
         try:
@@ -209,7 +212,37 @@ def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
                 inst.bits_stored = inst.bits_allocated
             if ts != DeflatedExplicitVRLittleEndian:  # a deflated stream's offsets are not the file's
                 _check_pixel_bytes(inst, fh, pixel_offset, ds.original_encoding)
+            elif inflated is not None and native_pixel_bytes(inst) > inflated:
+                raise InvalidDicom(
+                    f"header claims {native_pixel_bytes(inst)} bytes of pixel data but the deflated data "
+                    f"set inflates to {inflated} bytes",
+                    path,
+                )
     return inst
+
+
+def _inflated_size(path: Path) -> int | None:
+    """Bytes the data set of a Deflated Explicit VR Little Endian file inflates to, counted in 1 MiB
+    steps without keeping them (pydicom inflates the whole stream in memory before parsing it), or
+    ``None`` when the file meta names another transfer syntax. More than :data:`MAX_INFLATED_BYTES`
+    (a deflate bomb: deflate reaches about 1000:1) is :class:`InvalidDicom`."""
+    from pydicom.filereader import _read_file_meta_info
+
+    with guarded(path, "cannot parse DICOM file meta"), open(path, "rb") as fh:
+        fh.seek(132)
+        meta = _read_file_meta_info(fh)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return None
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := fh.read(2**16):
+            while chunk:
+                total += len(inflater.decompress(chunk, 2**20))
+                chunk = inflater.unconsumed_tail
+                if total > MAX_INFLATED_BYTES:
+                    raise InvalidDicom(
+                        f"deflated data set inflates past {MAX_INFLATED_BYTES // 2**20} MiB", path
+                    )
+        return total + len(inflater.flush())
 
 
 def native_pixel_bytes(inst: Instance) -> int:
