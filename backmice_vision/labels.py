@@ -31,8 +31,30 @@ class Tissue(IntEnum):
     VESSEL = 12
     HAEMATOMA = 13  # haematoma / seroma
     OEDEMA = 14  # posterior subcutaneous oedema band (MR)
-    VISCERA = 15  # abdominal contents, disc, marrow: the rest of the cross-section
-    CSF = 16
+    VISCERA = 15  # unspecified abdominal contents (the finer labels below are used instead)
+    CSF = 16  # cerebrospinal fluid in the dural sac
+    # deep anatomy of the axial lumbar section (phantoms.deep); physics tables use TISSUE_BASE
+    VERTEBRAL_BODY = 17  # marrow inside the cortex (BONE is the cortical rim)
+    DISC = 18
+    PEDICLE = 19
+    LAMINA = 20
+    SPINOUS_PROCESS = 21
+    FACET = 22  # articular processes and the facet joint
+    TRANSVERSE_PROCESS = 23
+    SACRUM = 24
+    ILIUM = 25
+    MULTIFIDUS = 26
+    ERECTOR_SPINAE = 27
+    PSOAS = 28
+    QUADRATUS_LUMBORUM = 29
+    ILIACUS = 30
+    GLUTEUS_MEDIUS = 31
+    GLUTEUS_MAXIMUS = 32
+    ABDOMINAL_WALL = 33
+    BOWEL = 34
+    RETROPERITONEAL_FAT = 35
+    INTRAMUSCULAR_FAT = 36
+    EPIDURAL_FAT = 37
 
 
 TISSUE_TO_CLASS: dict[Tissue, int] = {
@@ -54,6 +76,46 @@ TISSUE_TO_CLASS: dict[Tissue, int] = {
     Tissue.VISCERA: BACKGROUND,
     Tissue.CSF: BACKGROUND,
 }
+_BONES = (
+    Tissue.VERTEBRAL_BODY,
+    Tissue.PEDICLE,
+    Tissue.LAMINA,
+    Tissue.SPINOUS_PROCESS,
+    Tissue.FACET,
+    Tissue.TRANSVERSE_PROCESS,
+    Tissue.SACRUM,
+    Tissue.ILIUM,
+)
+_MUSCLES = (
+    Tissue.MULTIFIDUS,
+    Tissue.ERECTOR_SPINAE,
+    Tissue.PSOAS,
+    Tissue.QUADRATUS_LUMBORUM,
+    Tissue.ILIACUS,
+    Tissue.GLUTEUS_MEDIUS,
+    Tissue.GLUTEUS_MAXIMUS,
+    Tissue.ABDOMINAL_WALL,
+)
+_DEEP_FATS = (Tissue.RETROPERITONEAL_FAT, Tissue.INTRAMUSCULAR_FAT, Tissue.EPIDURAL_FAT)
+# The physical tissue of each fine label (the simulators' tables are per base tissue).
+TISSUE_BASE: dict[Tissue, Tissue] = {
+    **{t: t for t in Tissue if t <= Tissue.CSF},
+    **dict.fromkeys(_BONES, Tissue.BONE),
+    **dict.fromkeys(_MUSCLES, Tissue.MUSCLE),
+    **dict.fromkeys(_DEEP_FATS, Tissue.DEEP_FAT),
+    Tissue.DISC: Tissue.VISCERA,
+    Tissue.BOWEL: Tissue.VISCERA,
+}
+# Fine deep labels are not model classes: all background (the fat class is the subcutaneous fat).
+TISSUE_TO_CLASS.update({t: BACKGROUND for t in Tissue if t > Tissue.CSF})
+
+
+def tissue_base_lut() -> list[int]:
+    """A 256-entry lookup table from tissue label to its base tissue (:data:`TISSUE_BASE`)."""
+    lut = list(range(256))
+    for tissue, base in TISSUE_BASE.items():
+        lut[int(tissue)] = int(base)
+    return lut
 
 
 def tissue_to_class_lut() -> list[int]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backmice_vision.errors import ConfigError
-from backmice_vision.labels import Tissue
+from backmice_vision.labels import TISSUE_BASE, Tissue, tissue_base_lut
 from backmice_vision.phantoms.anatomy import AnatomyConfig, Subject, make_subject
 
 CFG4 = AnatomyConfig(force_nodules=4)
@@ -102,11 +102,9 @@ def test_rasterized_layers_match_layer_depths(subjects: list[Subject]) -> None:
                 continue  # a lesion crosses this line
             labels = [t for t, _ in runs]
             assert labels[:2] == [Tissue.SKIN, Tissue.SUPERFICIAL_FAT]
-            assert labels[2 + 2 * (s.sf_sublayers - 1) + 1 : 2 + 2 * (s.sf_sublayers - 1) + 4] == [
-                Tissue.DEEP_FAT,
-                Tissue.TLF,
-                Tissue.MUSCLE,
-            ]
+            deep = labels[2 + 2 * (s.sf_sublayers - 1) + 1 : 2 + 2 * (s.sf_sublayers - 1) + 4]
+            assert deep[:2] == [Tissue.DEEP_FAT, Tissue.TLF]
+            assert TISSUE_BASE[Tissue(deep[2])] == Tissue.MUSCLE  # multifidus, erector, gluteus ...
             assert runs[0][1] == pytest.approx(lay["skin"], abs=2 * step)
             tlf = next(t for lab, t in runs if lab == Tissue.TLF)
             assert tlf == pytest.approx(lay["tlf"] - lay["dat"], abs=2 * step)
@@ -236,10 +234,11 @@ def test_labels_shape_dtype_and_body_outline() -> None:
     # the whole axial section contains the deep tissues the MR simulation needs
     xs, ys = np.meshgrid(np.linspace(-200, 200, 201), np.linspace(-170, 170, 171))
     sec = s.labels_at(np.stack([xs, ys, np.full_like(xs, 10.0)], -1).astype(np.float32))
+    base = np.asarray(tissue_base_lut(), np.uint8)
     for t in (Tissue.MUSCLE, Tissue.BONE, Tissue.VISCERA, Tissue.CSF, Tissue.DEEP_FAT, Tissue.TLF):
-        assert (sec == t).any(), t
+        assert (base[sec] == t).any(), t
     below_crest = s.labels_at(np.stack([xs, ys, np.full_like(xs, -40.0)], -1).astype(np.float32))
-    assert (below_crest == Tissue.BONE).sum() > (sec == Tissue.BONE).sum()  # iliac wings below the crest
+    assert (below_crest == Tissue.ILIUM).sum() > (sec == Tissue.ILIUM).sum()  # iliac wings below the crest
 
 
 def test_ground_truth_schema() -> None:
@@ -260,3 +259,76 @@ def test_ground_truth_schema() -> None:
         "defect",
     }
     assert set(n["defect"]) == {"present", "width_mm"} and n["variant"] in ("typical", "oedematous")
+
+
+# Cross-sectional areas at L5 (anatomy.md §1; cm², one side for paired structures, both sides counted
+# and halved). A single cited value is a mean: the phantom must lie within +-35 % of it.
+L5_AREAS_CM2 = {
+    Tissue.MULTIFIDUS: (6.7 * 0.65, 9.6 * 1.35),  # 6.7 F / 8.9 M (US, L5), 9.6 (MRI, L4-5)
+    Tissue.ERECTOR_SPINAE: (5.0 * 0.65, 10.0 * 1.35),  # ~5-10, thinning to an aponeurosis
+    Tissue.PSOAS: (15.7 * 0.65, 15.7 * 1.35),
+    # body 49-52 x 34-36 mm (ellipse 13.1-14.7 cm²), scaled 0.88-1.05 (0.77-1.1 in area), marrow inside the
+    # cortex and the posterior concavity 60-95 % of it
+    Tissue.VERTEBRAL_BODY: (0.6 * 0.77 * 13.1, 0.95 * 1.1 * 14.7),
+}
+
+
+def test_l5_section_has_the_lumbar_anatomy_with_cited_sizes() -> None:
+    """An axial L5 slice (z = -22: mid-body) of typical subjects holds every structure of a real
+    axial lumbar MR at L5 (anatomy.md §1-2), with areas within the cited ranges."""
+    step = 0.5
+    xs, ys = np.meshgrid(np.arange(-200, 200, step), np.arange(-170, 170, step))
+    required = {
+        Tissue.SKIN,
+        Tissue.SUPERFICIAL_FAT,
+        Tissue.SUPERFICIAL_FASCIA,
+        Tissue.DEEP_FAT,
+        Tissue.TLF,
+        Tissue.BONE,  # cortex of the body
+        Tissue.VERTEBRAL_BODY,
+        Tissue.PEDICLE,
+        Tissue.LAMINA,
+        Tissue.SPINOUS_PROCESS,
+        Tissue.TRANSVERSE_PROCESS,
+        Tissue.CSF,  # dural sac
+        Tissue.EPIDURAL_FAT,
+        Tissue.MULTIFIDUS,
+        Tissue.ERECTOR_SPINAE,
+        Tissue.INTRAMUSCULAR_FAT,
+        Tissue.PSOAS,
+        Tissue.ILIUM,
+        Tissue.ILIACUS,
+        Tissue.GLUTEUS_MEDIUS,
+        Tissue.BOWEL,
+        Tissue.RETROPERITONEAL_FAT,
+        Tissue.ABDOMINAL_WALL,
+    }
+    for seed in (1, 2, 3):
+        s = make_subject(seed, AnatomyConfig(habitus="overweight", force_nodules=0))
+        sec = s.labels_at(np.stack([xs, ys, np.full_like(xs, -22.0)], -1).astype(np.float32))
+        present = {Tissue(t) for t in np.unique(sec)}
+        assert required <= present, required - present
+        area = np.bincount(sec.ravel(), minlength=64) * step * step / 100.0  # cm²
+        for t, (lo, hi) in L5_AREAS_CM2.items():
+            one_side = area[t] / (1 if t == Tissue.VERTEBRAL_BODY else 2)
+            assert lo <= one_side <= hi, (seed, t.name, one_side)
+        # the dural sac (CSF) area of a normal canal: 152 +- 54 mm² at L4-5 [6, 7]
+        assert 60 <= area[Tissue.CSF] * 100 <= 260
+        # the vertebral body is in front of the canal, the spinous process behind it; anterior is up
+        rows = {
+            t: float(np.nonzero(sec == t)[0].mean())
+            for t in (Tissue.VERTEBRAL_BODY, Tissue.CSF, Tissue.SPINOUS_PROCESS)
+        }
+        assert rows[Tissue.VERTEBRAL_BODY] < rows[Tissue.CSF] < rows[Tissue.SPINOUS_PROCESS]
+    # quadratus lumborum above the crest (L4: 3.5 cm² thin strap; 6.8-7.3 at L3-4), gone at L5
+    sec = s.labels_at(np.stack([xs, ys, np.full_like(xs, 15.0)], -1).astype(np.float32))
+    assert 0.5 <= (sec == Tissue.QUADRATUS_LUMBORUM).sum() * step * step / 200.0 <= 7.3
+    # levels: a disc at L4/5 (z = -3), the S1 sacrum below -46 and gluteus maximus from S1 down
+    for z, t in (
+        (-3.0, Tissue.DISC),
+        (-60.0, Tissue.SACRUM),
+        (-60.0, Tissue.GLUTEUS_MAXIMUS),
+        (-3.0, Tissue.FACET),
+    ):
+        sec = s.labels_at(np.stack([xs, ys, np.full_like(xs, z)], -1).astype(np.float32))
+        assert (sec == t).sum() > 20, (z, t.name)

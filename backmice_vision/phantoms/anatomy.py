@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..labels import Tissue
+from .deep import DeepAnatomy, deep_labels, sample_deep
 
 Range = tuple[float, float]
 Vec3 = tuple[float, float, float]
@@ -275,6 +276,7 @@ class Subject:
     config: AnatomyConfig = field(repr=False)
     _skin: _Field = field(repr=False)
     _thick: dict[str, _Field] = field(repr=False)
+    deep: DeepAnatomy = field(default_factory=DeepAnatomy, repr=False)
 
     # ------------------------------------------------------------------ surfaces and layers
     def skin_y(self, x: np.ndarray | float, z: np.ndarray | float) -> np.ndarray:
@@ -397,51 +399,8 @@ class Subject:
         w: np.ndarray,
         layers: dict[str, np.ndarray],
     ) -> np.ndarray:
-        """Muscle, spine, pelvis and viscera below the TLF (positions from the nominal layer stack)."""
-        f32 = np.float32
-        lab = np.full(x.shape, Tissue.VISCERA, np.uint8)
-        ax = np.abs(x)
-        below = d - layers["tlf"]  # mm below the TLF's deep surface
-        m = self.layers_mm
-        wy = _smoothstep(y, 0.0, 0.3 * self.half_ap_mm)
-        muscle_depth = 15 + (m["muscle"] - 15) * (1 - _smoothstep(ax, 60.0, 110.0)) * wy
-        lab[below < muscle_depth] = Tissue.MUSCLE
-        y_canal = self.canal_y_mm
-        y_sp, y_vb = y_canal + 9, y_canal - 26
-        lab[(ax < 75) & (y > y_vb)] = Tissue.MUSCLE
-        zrel = np.mod(z + f32(3.0), f32(38.0))  # discs at z = -3 + 38 k (L4/5 near the crest line)
-        disc = (zrel < 5) | (zrel > 33)
-        psoas = ((ax - 40) / 15) ** 2 + ((y - (y_vb - 3)) / 17) ** 2 < 1
-        lab[psoas] = Tissue.MUSCLE
-        body = (x / 24) ** 2 + ((y - y_vb) / 16) ** 2 < 1
-        lab[body] = Tissue.BONE
-        lab[body & disc] = Tissue.VISCERA
-        lumbar = z > -45
-        trans = lumbar & ~disc & (ax < 45) & (np.abs(y - (y_sp - 12)) < 4)
-        lab[trans] = Tissue.BONE
-        arch = (x / 17) ** 2 + ((y - y_canal) / 14) ** 2 < 1
-        lab[arch] = Tissue.BONE
-        spinous = (ax < 3.5) & (y > y_canal) & (below > 1.5) & (zrel > 12) & (zrel < 32)
-        lab[spinous & (below < m["muscle"] + 10)] = Tissue.BONE
-        px, pz = self.psis_mm
-        sacrum = (z < -45) & (ax < px - 4) & (below > 8) & (below < 36) & (y > y_vb - 20)
-        lab[sacrum] = Tissue.BONE
-        crest = pz + (0 - pz) * _smoothstep(ax, px, px + 50)
-        over = 4 + 25 * _smoothstep(ax, px + 30, px + 90)
-        # a 10 mm plate whose edges (medial end, crest line) taper to a rounded tip over 8 mm
-        taper = f32(5.0) * (
-            1 - np.minimum(_smoothstep(crest - z, 0.0, 8.0), _smoothstep(ax - (px - 8), 0.0, 8.0))
-        )
-        ilium = (
-            (ax > px - 8)
-            & (z < crest)
-            & (below > over + taper)
-            & (below < over + 10 - taper)
-            & (y > -0.3 * self.half_ap_mm)
-        )
-        lab[ilium] = Tissue.BONE
-        lab[(x / 11) ** 2 + ((y - y_canal) / 8) ** 2 < 1] = Tissue.CSF
-        return lab
+        """Spine, muscles, pelvis and abdomen below the TLF (:func:`.deep.deep_labels`)."""
+        return deep_labels(self, x, y, z, d - layers["tlf"], w)
 
     def _layer_labels(
         self,
@@ -455,7 +414,7 @@ class Subject:
     ) -> None:
         """Overwrite ``lab`` with the subcutaneous layers where ``d`` is above the TLF's deep surface."""
         sel = d < layers["tlf"]
-        tlf_label = np.where(w[sel] >= 0.5, Tissue.TLF, Tissue.MUSCLE).astype(np.uint8)
+        tlf_label = np.where(w[sel] >= 0.5, Tissue.TLF, Tissue.ABDOMINAL_WALL).astype(np.uint8)
         ds = d[sel]
         out = tlf_label.copy()
         out[ds < layers["dat"][sel]] = Tissue.DEEP_FAT
@@ -671,6 +630,10 @@ def make_subject(seed: int, config: AnatomyConfig | None = None) -> Subject:
         config=c,
         _skin=_Field.random(rng, amp, wl),
         _thick=thick,
+    )
+    # the deep anatomy draws from its own stream: adding it left every other draw of a seed unchanged
+    subject.deep = sample_deep(
+        np.random.default_rng(np.random.SeedSequence([int(seed), 0xDEE9])), h, float(half_w), float(half_ap)
     )
     boxes: list[tuple[np.ndarray, np.ndarray]] = []
     subject.nodules = _sample_nodules(rng, subject, boxes)

@@ -41,7 +41,10 @@ SIGNAL: dict[str, dict[Tissue, Range]] = {
         Tissue.SUPERFICIAL_FASCIA: (0.05, 0.15),
         Tissue.TLF: (0.05, 0.15),
         Tissue.MUSCLE: (0.3, 0.45),
-        Tissue.BONE: (0.55, 0.75),
+        Tissue.BONE: (0.03, 0.08),  # cortex: signal void
+        Tissue.VERTEBRAL_BODY: (0.55, 0.75),  # fatty marrow
+        Tissue.DISC: (0.3, 0.4),
+        Tissue.BOWEL: (0.2, 0.4),
         Tissue.NODULE_CAPSULE: (0.1, 0.2),
         Tissue.CYST: (0.2, 0.35),
         Tissue.VESSEL: (0.03, 0.1),
@@ -55,7 +58,10 @@ SIGNAL: dict[str, dict[Tissue, Range]] = {
         Tissue.SUPERFICIAL_FASCIA: (0.05, 0.1),
         Tissue.TLF: (0.05, 0.1),
         Tissue.MUSCLE: (0.15, 0.3),
-        Tissue.BONE: (0.4, 0.55),
+        Tissue.BONE: (0.03, 0.08),
+        Tissue.VERTEBRAL_BODY: (0.4, 0.55),
+        Tissue.DISC: (0.9, 1.4),  # hydrated nucleus [S31]: T2 102 ms vs fat 60-68
+        Tissue.BOWEL: (0.4, 1.0),
         Tissue.NODULE_CAPSULE: (0.08, 0.15),
         Tissue.CYST: (1.2, 2.0),
         Tissue.VESSEL: (0.03, 0.1),
@@ -69,7 +75,10 @@ SIGNAL: dict[str, dict[Tissue, Range]] = {
         Tissue.SUPERFICIAL_FASCIA: (0.05, 0.1),
         Tissue.TLF: (0.05, 0.1),
         Tissue.MUSCLE: (0.2, 0.3),
-        Tissue.BONE: (0.1, 0.2),
+        Tissue.BONE: (0.03, 0.08),
+        Tissue.VERTEBRAL_BODY: (0.1, 0.2),
+        Tissue.DISC: (0.8, 1.2),
+        Tissue.BOWEL: (0.3, 0.6),
         Tissue.NODULE_CAPSULE: (0.08, 0.15),
         Tissue.CYST: (1.0, 1.5),
         Tissue.VESSEL: (0.03, 0.1),
@@ -80,7 +89,43 @@ SIGNAL: dict[str, dict[Tissue, Range]] = {
     },
 }
 _OEDEMATOUS_NODULE = {"T1": (0.6, 0.8), "T2": (1.0, 1.2), "STIR": (0.3, 0.6)}  # [S19] -> [E]
-_FAT_TISSUES = (Tissue.SUPERFICIAL_FAT, Tissue.DEEP_FAT, Tissue.NODULE, Tissue.STALK)
+_FAT_TISSUES = (
+    Tissue.SUPERFICIAL_FAT,
+    Tissue.DEEP_FAT,
+    Tissue.NODULE,
+    Tissue.STALK,
+    Tissue.RETROPERITONEAL_FAT,
+    Tissue.INTRAMUSCULAR_FAT,
+    Tissue.EPIDURAL_FAT,
+)
+# fine labels that take the signal of another: bones have marrow inside, muscles are muscle
+_SAME_SIGNAL = {
+    **dict.fromkeys(
+        (
+            Tissue.PEDICLE,
+            Tissue.LAMINA,
+            Tissue.SPINOUS_PROCESS,
+            Tissue.FACET,
+            Tissue.TRANSVERSE_PROCESS,
+            Tissue.SACRUM,
+            Tissue.ILIUM,
+        ),
+        Tissue.VERTEBRAL_BODY,
+    ),
+    **dict.fromkeys(
+        (
+            Tissue.MULTIFIDUS,
+            Tissue.ERECTOR_SPINAE,
+            Tissue.PSOAS,
+            Tissue.QUADRATUS_LUMBORUM,
+            Tissue.ILIACUS,
+            Tissue.GLUTEUS_MEDIUS,
+            Tissue.GLUTEUS_MAXIMUS,
+            Tissue.ABDOMINAL_WALL,
+        ),
+        Tissue.MUSCLE,
+    ),
+}
 # nominal sequence timing (ms) written to DICOM: TR, TE, TI, echo train length [S30] -> [E]
 _TIMING = {
     "T1": ((400, 700), (8, 15), None, (2, 4)),
@@ -107,9 +152,12 @@ class MRConfig:
     gap_fraction: Range = (0.0, 0.2)  # gap about 10 %
     sagittal_coverage_mm: Range = (30.0, 40.0)  # half-width of the sagittal stack [S30] -> [E]
     axial_center_z_mm: Range = (-40.0, 10.0)  # L3-4 to L5-S1 discs around the crest level [S30]
-    axial_tilt_deg: Range = (-12.0, 12.0)  # oblique axial along the discs [E]
+    axial_tilt_deg: Range = (
+        0.0,
+        0.0,
+    )  # straight axial as stored by default; oblique along the discs is an option
     sagittal_tilt_deg: Range = (-5.0, 5.0)
-    flip_prob: float = 0.1  # per axis: stored rows / columns reversed [E]
+    flip_prob: float = 0.0  # per axis: stored rows / columns reversed (an option for tests) [E]
     snr_fat: Range = (20.0, 60.0)  # "MR noise / bias" [S31] -> [E]
     bias_amplitude: Range = (0.2, 0.4)  # same row
     field_strengths_t: tuple[float, float] = (1.5, 3.0)
@@ -463,9 +511,13 @@ def _signal_lut(rng: np.random.Generator, contrast: str) -> tuple[np.ndarray, fl
         lut[t] = fat
     for t, rng_ in SIGNAL[contrast].items():
         lut[t] = rng_[0] + rng.uniform() * (rng_[1] - rng_[0])
+    for t, same in _SAME_SIGNAL.items():
+        lut[t] = lut[same]
     lut[Tissue.AIR] = 0.0
     texture = np.full(256, 0.03, np.float32)
-    texture[Tissue.VISCERA] = 0.2
+    texture[[Tissue.VISCERA, Tissue.BOWEL]] = (0.2, 0.3)
+    for t, same in _SAME_SIGNAL.items():
+        texture[t] = 0.06 if same == Tissue.MUSCLE else 0.08
     texture[Tissue.MUSCLE] = 0.06
     texture[Tissue.AIR] = 0.0
     return lut, float(rng.uniform(*_OEDEMATOUS_NODULE[contrast])), texture

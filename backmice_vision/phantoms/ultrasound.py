@@ -48,13 +48,14 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError
-from ..labels import Tissue
+from ..labels import Tissue, tissue_base_lut
 
 Vec3 = tuple[float, float, float]
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 # E[20 log10 |Z|] for a unit-power complex Gaussian Z: the mean log level of fully developed speckle.
 _RAYLEIGH_LOG_MEAN_DB = -10.0 * np.euler_gamma / math.log(10.0)
 _NODULE_TISSUES = (Tissue.NODULE, Tissue.NODULE_CAPSULE, Tissue.STALK)
+_BASE_LUT = np.asarray(tissue_base_lut(), np.uint8)
 
 
 class SubjectLike(Protocol):
@@ -711,6 +712,8 @@ def _render(
     px = (probe.pixel_mm, probe.pixel_mm)
     points = conformed_points(subject, plane, rows, cols, px[0])
     labels, ids = _labels_and_ids(subject, points)
+    labels_fine = labels
+    labels = _BASE_LUT[labels]  # the physics is per base tissue (multifidus is muscle, sacrum is bone)
     db_map = _echo_db(labels, points, ids, scene, px[0])
     angle = _fascia_angle_deg(subject, plane, points, labels, px[0])
     tlf = labels == Tissue.TLF
@@ -768,7 +771,7 @@ def _render(
     image = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     bimg = BModeImage(
         image=image,
-        labels=labels,
+        labels=labels_fine,
         nodule_ids=ids,
         envelope=envelope.astype(np.float32),
         pixel_mm=px,
