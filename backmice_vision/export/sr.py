@@ -188,11 +188,14 @@ def _measurements(nodule: Nodule, calibrated: bool, modality: str) -> list[Any]:
         if value is not None:
             out.append(hd.sr.Measurement(name=name, value=float(value), unit=unit))
 
+    # The longest diameter, the confidence and the defect probability first: OHIF 3.13 labels an outline
+    # with the first five measurements of its groups only.
     diameters = sorted(nodule.diameters_mm, reverse=True) if calibrated else []
-    if len(diameters) == 1:
-        add(codes.SCT.Diameter, diameters[0], mm)
-    elif diameters:
-        add(codes.SCT.LongAxis, diameters[0], mm)
+    if diameters:
+        add(codes.SCT.Diameter if len(diameters) == 1 else codes.SCT.LongAxis, diameters[0], mm)
+    add(codes.DCM.Probability, nodule.confidence, one)
+    add(_private("DEFECT_PROB", "Probability of fascial defect"), nodule.fascia_defect.probability, one)
+    if len(diameters) > 1:
         add(codes.SCT.ShortAxis, diameters[-1], mm)
         if len(diameters) == 3:
             add(codes.SCT.Diameter, diameters[1], mm)
@@ -202,8 +205,6 @@ def _measurements(nodule: Nodule, calibrated: bool, modality: str) -> list[Any]:
         add(codes.SCT.Depth, nodule.depth_mm, mm)
         add(_private("FASCIA_DEPTH", "Depth of thoracolumbar fascia"), nodule.fascia_depth_mm, mm)
         add(_private("DEFECT_WIDTH", "Width of fascial defect"), nodule.fascia_defect.width_mm, mm)
-    add(codes.DCM.Probability, nodule.confidence, one)
-    add(_private("DEFECT_PROB", "Probability of fascial defect"), nodule.fascia_defect.probability, one)
     return out
 
 
