@@ -295,3 +295,29 @@ def test_mr_loads_through_io_with_generator_geometry(mr_case: Path) -> None:
         for nod in entry["nodules"]:
             xyz = series.affine @ np.array([*nod["center_voxel"], 1.0])
             assert xyz[:3] == pytest.approx(nod["center_patient_mm"], abs=0.01)
+
+
+@pytest.mark.skipif(not HAS_IO, reason="backmice_vision.io not available yet")
+def test_default_mr_axial_is_stored_as_scanners_store_it_and_uids_differ_across_modalities(
+    tmp_path: Path,
+) -> None:
+    from backmice_vision.io import find_series
+
+    mr_default = {
+        "protocol": {"axial_slices": [3, 3]},
+        "contrasts": ["T1"],
+        "p_sagittal": 0.0,
+        "p_enhanced": 0.0,
+    }
+    (mr,) = generate_cases("mr", 1, 11, tmp_path, mr_default, progress=False)
+    ds = pydicom.dcmread(next((mr / "dicom").rglob("*.dcm")))
+    # rows along patient left, columns along posterior: anterior at the top of the image (anatomy.md §2)
+    assert [float(v) for v in ds.ImageOrientationPatient] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    # the same seed for US into the same folder: one subject, two studies, no shared UIDs
+    us_dir = tmp_path / "us"
+    (us,) = generate_cases("us", 1, 11, us_dir, US_FAST, progress=False)
+    refs = find_series(tmp_path)
+    assert sorted({r.modality for r in refs}) == ["MR", "US"]
+    assert not [p for r in refs for p in r.problems if "mixed" in p], [r.problems for r in refs]
+    studies = {json.loads((c / "ground_truth.json").read_text())["study_instance_uid"] for c in (mr, us)}
+    assert len(studies) == 2

@@ -87,15 +87,17 @@ class StudyInfo:
     study_time: str  # HHMMSS
 
     @classmethod
-    def create(cls, case: str, seed: int) -> StudyInfo:
-        """Deterministic study attributes for ``case`` generated from ``seed``."""
+    def create(cls, case: str, seed: int, modality: str = "") -> StudyInfo:
+        """Deterministic study attributes for ``case`` generated from ``seed``; ``modality`` keeps the
+        UIDs of a case's US and MR studies apart (one subject, two studies)."""
         day = _dt.date(2024, 1, 1) + _dt.timedelta(days=seed % 366)
         seconds = 8 * 3600 + (seed * 7919) % (9 * 3600)
+        key = (seed, case, modality) if modality else (seed, case)
         return cls(
             case=case,
             seed=seed,
-            study_instance_uid=make_uid(seed, case, "study"),
-            frame_of_reference_uid=make_uid(seed, case, "frame-of-reference"),
+            study_instance_uid=make_uid(*key, "study"),
+            frame_of_reference_uid=make_uid(*key, "frame-of-reference"),
             study_date=day.strftime("%Y%m%d"),
             study_time=f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}",
         )

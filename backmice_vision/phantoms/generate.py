@@ -382,7 +382,7 @@ def _generate_one(job: _Job) -> tuple[Path, int]:
     sub_seed = case_seed(job.seed, job.index)
     subject = make_subject(sub_seed, AnatomyConfig.from_dict(job.config["anatomy"]))
     rng = np.random.default_rng(np.random.SeedSequence([sub_seed, 0x5CA7]))
-    study = StudyInfo.create(name, sub_seed)
+    study = StudyInfo.create(name, sub_seed, job.modality.upper())
     if job.modality == "us":
         series, n_images = _us_case(subject, rng, job.config, study, root)
     else:
