@@ -155,7 +155,10 @@ def test_sanitised_keeps_valid_repairs_clear_cases_and_drops_the_rest(tmp_path: 
     ds.BodyPartExamined = "lumbar"  # CS in lower case
     ds.SliceThickness = "nan"
     ds.SOPClassUID = "1.2.3"  # not a storage class
+    ds.SpecificCharacterSet = "MSO_IR 100"  # a valid code string, but no character set
+    ds.AccessionNumber = ["A1", "A2"]  # several values of a single-valued attribute
     clean = sanitised(ds, "MR", str(path))
+    assert "SpecificCharacterSet" not in clean and clean.AccessionNumber == "A1"
     assert (clean.StudyDate, clean.StudyTime, clean.SeriesTime) == ("20040312", "1015", "101500.25")
     assert clean.ContentDate == "20240229" and clean.BodyPartExamined == "LUMBAR"
     assert clean.PatientSex == "" and clean.PatientBirthDate == "" and clean.PatientName == ""

@@ -9,8 +9,10 @@ What the writers copy from a source goes through :func:`sanitised` first (real a
 non-conformant values that highdicom refuses): top-level text, date, time, name, code-string and number
 values that fail pydicom's VR validation are repaired where the intent is unambiguous (``14:04:38`` →
 ``140438``, ``2004.03.12`` → ``20040312``, lower-case code strings upper-cased, a PatientSex other
-than M/F/O emptied) and otherwise dropped (Type 2 patient/study attributes kept empty); valid values are
-kept unchanged. Any other failure inside a writer becomes a :class:`BackmiceError` (:func:`writer_guard`).
+than M/F/O emptied, an unknown Specific Character Set term dropped, several values of a single-valued
+attribute cut to the first) and otherwise dropped (Type 2 patient/study attributes kept empty); valid
+values are kept unchanged. An MR source whose SliceThickness is unreadable gets the series' slice spacing.
+Any other failure inside a writer becomes a :class:`BackmiceError` (:func:`writer_guard`).
 """
 
 from __future__ import annotations
@@ -95,7 +97,10 @@ def source_datasets(series: ImageSeries) -> list[Dataset]:
         ds = by_uid.get(src.sop_instance_uid)
         if ds is None:
             ds = _read_header(src.path)
-        out.append(sanitised(ds, series.modality, src.path))
+        clean = sanitised(ds, series.modality, src.path)
+        if series.spacing_mm is not None and "SliceThickness" not in clean and "PixelSpacing" in clean:
+            clean.SliceThickness = series.spacing_mm[0]  # unreadable or absent: highdicom needs one
+        out.append(clean)
     return out
 
 
@@ -122,6 +127,8 @@ def sanitised(ds: Dataset, modality: str, path: str | None = None) -> Dataset:
             continue
         try:
             fixed = _sanitised_element(elem) if elem.VR in _CHECKED_VRS else elem
+            if fixed is not None and fixed.VR != "SQ" and fixed.VM > 1 and _single_valued(tag):
+                fixed = DataElement(tag, fixed.VR, fixed.value[0])  # VM 1 in the dictionary: the first
         except Exception:
             fixed = None
         if fixed is not None:
@@ -142,9 +149,19 @@ def sanitised(ds: Dataset, modality: str, path: str | None = None) -> Dataset:
     return out
 
 
+def _single_valued(tag: Any) -> bool:
+    from pydicom.datadict import dictionary_VM
+
+    try:
+        return bool(dictionary_VM(tag) == "1")
+    except KeyError:  # private or unknown: left as it is
+        return False
+
+
 def _sanitised_element(elem: Any) -> Any:
     """``elem`` if its values are valid, a repaired copy, or ``None`` when none of its values is valid."""
     from pydicom import config
+    from pydicom.charset import python_encoding
     from pydicom.dataelem import DataElement
     from pydicom.multival import MultiValue
     from pydicom.valuerep import validate_value
@@ -166,6 +183,8 @@ def _sanitised_element(elem: Any) -> Any:
         candidate = _repair(vr, text)
         if elem.keyword == "PatientSex" and candidate not in ("M", "F", "O"):
             continue
+        if elem.keyword == "SpecificCharacterSet" and candidate not in python_encoding:
+            continue  # a term pydicom cannot decode with: dropped (default repertoire)
         try:
             validate_value(vr, candidate, config.RAISE)
         except (ValueError, TypeError):

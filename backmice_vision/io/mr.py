@@ -95,8 +95,9 @@ def _spacing(value: Any) -> tuple[float, float] | None:
 
 
 def _step(*values: Any) -> float | None:
+    """The first value in (0, MAX_MR_FIELD_MM] mm: a slice step, for a single slice."""
     for v in values:
-        if v is not None and v != "" and float(v) > 0:
+        if v is not None and v != "" and 0 < float(v) <= MAX_MR_FIELD_MM:
             return float(v)
     return None
 

@@ -74,6 +74,11 @@ def _region(item: Dataset, index: int, rows: int, cols: int, problems: list[str]
         ref_y, ref_value = item.get("ReferencePixelY0"), item.get("ReferencePixelPhysicalValueY")
         if ref_y is not None and ref_value is not None:
             offset = (float(ref_value) - float(ref_y) * dy) * 10.0 + 0.0  # + 0.0: no -0.0
+            if not np.isfinite(offset):
+                problems.append(
+                    f"ultrasound region {index}: reference pixel not finite: depth offset 0 assumed"
+                )
+                offset = 0.0
     return UltrasoundRegion(index, box, spacing, offset)
 
 
