@@ -103,7 +103,7 @@ def image_weight(path: Path) -> float:
         pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
     except Exception:
         return 0.0
-    return 1.0 / (1.0 + pixels / 250_000)
+    return 1.0 / (1.0 + pixels / 50_000)
 
 
 # ------------------------------------------------------------------------------------------ mutators
