@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped ones)")
     p.add_argument("--device", default="auto")
     p.add_argument("--flip", action="store_true", help="test-time left-right flip (twice the model time)")
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override an inference threshold, e.g. min_fat_context=0 (repeatable)",
+    )
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("export", help="export a model to ONNX or TorchScript")

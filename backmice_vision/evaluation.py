@@ -277,6 +277,9 @@ class SeriesRecord:
     errors_mm: dict[str, list[float]] = field(default_factory=dict)
     detect_s: float = 0.0
     n_images: int = 1  # FROC denominator: ultrasound instances, or 1 for an MR series
+    lesion_sizes_mm: list[float] = field(default_factory=list)  # longest diameter of each target
+    kind: str = ""  # ground truth "kind": us_single, us_cine, us_dual, mr_axial, ...
+    photometric: str = ""  # ultrasound photometric interpretation of the export
 
 
 def evaluate_series(
@@ -313,7 +316,12 @@ def evaluate_series(
     instances = split_truth_instances(truth_mask, truth, series) if truth_mask is not None else {}
     dice: list[float] = []
     defect: list[tuple[float, bool]] = []
-    errors: dict[str, list[float]] = {"longest_diameter": [], "depth": [], "fascia_depth": []}
+    errors: dict[str, list[float]] = {
+        "longest_diameter": [],
+        "longest_diameter_rel": [],
+        "depth": [],
+        "fascia_depth": [],
+    }
     for g, (p, t) in hit_pred.items():
         pred, tr = nodules[p], truth[t]
         if targets[g] and t in instances:
@@ -330,12 +338,21 @@ def evaluate_series(
             for name, got, want in pairs:
                 if got is not None and want is not None:
                     errors[name].append(abs(float(got) - float(want)))
+                    if name == "longest_diameter" and float(want) > 0:
+                        errors["longest_diameter_rel"].append(abs(float(got) - float(want)) / float(want))
     return SeriesRecord(
         modality=series.modality,
         case=case,
         folder=str(truth_entry.get("folder", "")),
         n_predictions=len(nodules),
         lesion_scores=[best.get(g) for g in range(len(groups)) if targets[g]],
+        lesion_sizes_mm=[
+            max(max(truth[t].get("diameters_mm") or [0.0]) for t in members)
+            for g, members in enumerate(groups)
+            if targets[g]
+        ],
+        kind=str(truth_entry.get("kind", "")),
+        photometric=str(truth_entry.get("photometric", "")),
         lesion_scores_all=[best.get(g) for g in range(len(groups))],
         fp_scores=fp_scores,
         dice=dice,
@@ -362,6 +379,59 @@ def _stats(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0, "mean": None, "median": None}
     return {"n": len(values), "mean": float(np.mean(values)), "median": float(np.median(values))}
+
+
+SIZE_BANDS_MM: tuple[tuple[float, float], ...] = ((5.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, 46.0))
+
+
+def _sens_at(lesions: list[float | None], fps: list[float], n_images: int, rate: float) -> float | None:
+    fr = froc(lesions, fps, max(n_images, 1), (rate,))
+    return fr["sensitivity"][0] if lesions else None
+
+
+def _by_size(recs: list[SeriesRecord], n_images: int) -> dict[str, Any]:
+    """Sensitivity per target size band at the modality's target false-positive rate (the false positives
+    of the whole set: a false positive has no size)."""
+    fps = [s for r in recs for s in r.fp_scores]
+    rate = TARGET_FP_RATE.get(recs[0].modality, 0.25) if recs else 0.25
+    out: dict[str, Any] = {}
+    for lo, hi in SIZE_BANDS_MM:
+        lesions = [
+            s for r in recs for s, d in zip(r.lesion_scores, r.lesion_sizes_mm, strict=False) if lo <= d < hi
+        ]
+        out[f"{lo:g}-{hi:g}"] = {
+            "n": len(lesions),
+            f"sensitivity_at_{rate:g}": _sens_at(lesions, fps, n_images, rate),
+        }
+    return out
+
+
+def _breakdown(recs: list[SeriesRecord], key: Any) -> dict[str, Any]:
+    """Sensitivity at the target false-positive rate and FP per image within each group of series."""
+    out: dict[str, Any] = {}
+    for name in sorted({key(r) for r in recs} - {""}):
+        group = [r for r in recs if key(r) == name]
+        n_img = sum(r.n_images for r in group)
+        lesions = [s for r in group for s in r.lesion_scores]
+        fps = [s for r in group for s in r.fp_scores]
+        rate = TARGET_FP_RATE.get(group[0].modality, 0.25)
+        out[name] = {
+            "n_series": len(group),
+            "n_targets": len(lesions),
+            f"sensitivity_at_{rate:g}": _sens_at(lesions, fps, n_img, rate),
+            "fp_per_image": len(fps) / max(n_img, 1),
+        }
+    return out
+
+
+def _no_target_fp(recs: list[SeriesRecord], threshold: float | None) -> float | None:
+    """False positives per image (at the operating threshold) on series without any ground-truth nodule."""
+    empty = [r for r in recs if not r.lesion_scores_all]
+    n_img = sum(r.n_images for r in empty)
+    if not n_img:
+        return None
+    t = 0.0 if threshold is None else threshold
+    return sum(s >= t for r in empty for s in r.fp_scores) / n_img
 
 
 def summarise(
@@ -400,6 +470,13 @@ def summarise(
                 k: _stats([e for r in recs for e in r.errors_mm.get(k, [])])
                 for k in ("longest_diameter", "depth", "fascia_depth")
             },
+            "longest_diameter_rel_error": _stats(
+                [e for r in recs for e in r.errors_mm.get("longest_diameter_rel", [])]
+            ),
+            "fp_per_image_no_target": _no_target_fp(recs, operating_threshold),
+            "by_size_mm": _by_size(recs, n_images),
+            "by_kind": _breakdown(recs, lambda r: r.kind),
+            "by_photometric": _breakdown(recs, lambda r: r.photometric) if modality == "US" else {},
             "detect_seconds_per_series": _stats([r.detect_s for r in recs]),
             "ece": None,
             "n_calibration": len(cal),
@@ -518,8 +595,12 @@ def run_evaluation(
     device: str = "auto",
     flip: bool = False,
     progress: bool = True,
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run the detector over phantom case folders and write ``out_dir/evaluation.json`` and PNG plots.
+
+    ``thresholds`` overrides inference thresholds (e.g. ``{"min_fat_context": 0}`` to measure what the
+    anatomical plausibility test removes); the confidence threshold is always swept by the FROC.
 
     ``flip`` turns on the detector's test-time left-right flip (its cost shows in
     ``detect_seconds_per_series``). A progress line per series goes to stderr unless ``progress=False``.
@@ -538,7 +619,8 @@ def run_evaluation(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # every candidate is scored (FROC sweeps the threshold); the configured one is the operating point
-    detector = Detector.from_pretrained(model, device, flip=flip, thresholds={"confidence_threshold": 0.0})
+    overrides = {**(thresholds or {}), "confidence_threshold": 0.0}
+    detector = Detector.from_pretrained(model, device, flip=flip, thresholds=overrides)
     operating = float(load_thresholds()["confidence_threshold"])
     records: list[SeriesRecord] = []
     problems: list[str] = []
@@ -573,6 +655,7 @@ def run_evaluation(
         "schema": SCHEMA,
         "model": model or "default",
         "test_time_flip": flip,
+        "threshold_overrides": thresholds or {},
         "n_cases": len(cases),
         "n_series": len(records),
         "target_definition": (
@@ -683,6 +766,38 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
             f"{label}: mean absolute error (mm)",
             [_fmt(mods[n]["measurement_abs_error_mm"][key]["mean"], 2) for n in names],
         )
+    row(
+        "longest diameter: median relative error (target ≤ 0.12)",
+        [_fmt(mods[n]["longest_diameter_rel_error"]["median"]) for n in names],
+    )
+    row(
+        "FP/image on series without nodules (operating point; target ≤ 0.1)",
+        [_fmt(mods[n]["fp_per_image_no_target"]) for n in names],
+    )
+    for band in [f"{lo:g}-{hi:g}" for lo, hi in SIZE_BANDS_MM]:
+        cells = []
+        for n in names:
+            b = mods[n]["by_size_mm"].get(band, {})
+            value = next((v for k, v in b.items() if k.startswith("sensitivity_at")), None)
+            cells.append(f"{_fmt(value)} (n={b.get('n', 0)})")
+        row(f"sensitivity, nodules {band} mm (at the target FP rate)", cells)
+    for group in ("by_kind", "by_photometric"):
+        keys = sorted({k for n in names for k in mods[n].get(group, {})})
+        for key in keys:
+            cells = []
+            for n in names:
+                b = mods[n].get(group, {}).get(key)
+                value = (
+                    None
+                    if b is None
+                    else next((v for k, v in b.items() if k.startswith("sensitivity_at")), None)
+                )
+                cells.append(
+                    ""
+                    if b is None
+                    else f"{_fmt(value)}, {_fmt(b['fp_per_image'])} FP/image (n={b['n_series']})"
+                )
+            row(f"{key}: sensitivity at the target FP rate, FP/image", cells)
     row(
         "detection time per series (s, mean)",
         [_fmt(mods[n]["detect_seconds_per_series"]["mean"], 2) for n in names],

@@ -31,6 +31,11 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       nodule's deep half (voxels deeper than its centre), through the ``"defect"`` calibration;
       ``width_mm`` = extent across the beam of defect voxels (probability ≥ 0.5) in that band.
     * ``confidence``: mean nodule probability inside the instance through the ``"nodule"`` calibration.
+    * anatomical plausibility: an instance is dropped when less than ``min_fat_context`` of a 2 mm ring
+      around it (key frame / central slice) is fat, fascia or defect by the model (:func:`fat_context`:
+      a back mouse lies in the subcutaneous fat, on or through the fascia, never inside muscle, bone or
+      the abdomen), and, on ultrasound, when more than ``max_fascia_above`` of its columns have fascia
+      between the skin and its top (it lies under the fascia).
     * ``needle_target``: skin point straight above the centre (ultrasound: region top row at the centre
       column; MR: body surface reached along +y from the centre) and the skin → centre distance.
 
@@ -47,7 +52,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ConfigError, ModelError
-from .labels import BACKGROUND, DEFECT, FASCIA, MODEL_CLASSES, NODULE
+from .labels import BACKGROUND, DEFECT, FASCIA, FAT, MODEL_CLASSES, NODULE
 from .model.calibration import apply_calibration
 from .types import FasciaDefect, ImageSeries, NeedleTarget, Nodule, UltrasoundRegion
 
@@ -61,6 +66,10 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "confidence_threshold": 0.0,  # nodules below this calibrated confidence are not reported
     "min_area_px": 20.0,  # uncalibrated ultrasound: minimum key-frame area in pixels
     "defect_band_mm": 5.0,  # band around the nodule's deep half searched for the defect class
+    # anatomical plausibility: a back mouse lies in the subcutaneous fat, on or through the fascia
+    "min_fat_context": 0.35,  # share of a 2 mm ring around it the model calls fat, fascia or defect
+    "max_fascia_above": 0.5,  # US: share of its columns with fascia between the skin and its top
+    "min_cine_frames": 2.0,  # US: frames a track must span in a clip of 5 frames or more
 }
 _FASCIA_P = 0.5
 _DEFECT_P = 0.5
@@ -122,8 +131,9 @@ def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int
     """Connected components of a bool ``(n, rows, cols)`` mask, numbered 1..N (int32, 0 = none).
 
     8-connected in-plane; linked across MR slices, and across the frames of one multi-frame ultrasound
-    instance (a cine clip), through overlap at the same (i, j). Separate ultrasound images of a series
-    (other SOP instances) are never linked: each is its own view.
+    instance (a cine clip), through overlap at the same (i, j), bridging a one-frame gap (a nodule missed
+    on one frame of a sweep stays one track). Separate ultrasound images of a series (other SOP
+    instances) are never linked: each is its own view.
     """
     from scipy import ndimage
 
@@ -137,7 +147,14 @@ def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int
         if stop < len(uids) and uids[stop] == uids[start]:
             continue
         view = labels[start:stop]
-        n = ndimage.label(mask[start:stop], structure=_tracking_structure(), output=view)  # in place
+        clip = mask[start:stop]
+        if stop - start >= 3:  # bridge a nodule missed on one frame of a sweep: one track, not two
+            bridged = clip.copy()
+            bridged[1:-1] |= clip[:-2] & clip[2:]
+            n = ndimage.label(bridged, structure=_tracking_structure(), output=view)  # in place
+            view[~clip] = 0
+        else:
+            n = ndimage.label(clip, structure=_tracking_structure(), output=view)
         if total and n:
             view[view > 0] += total
         total, start = total + int(n), stop
@@ -352,6 +369,14 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
             if volume_mm3 < thr["min_volume_mm3"] or not plausible_size(diameters, thr):
                 continue
             volume_ml = volume_mm3 / 1000.0
+        kc = round(float(centre[0]))
+        key = labels[kc] == lab
+        if (
+            key.any()
+            and fat_context(probs[:, kc], key, None if spacing is None else (spacing[1], spacing[2]))
+            < thr["min_fat_context"]
+        ):
+            continue
         score = float(nod_p[sl][comp].mean())
         centre_mm = None if affine is None else affine[:3, :3] @ centre + affine[:3, 3]
         side: Literal["left", "right"] | None = None
@@ -473,6 +498,47 @@ def _laterality(series: ImageSeries) -> Literal["left", "right"] | None:
     return None
 
 
+_RING_MM = 2.0
+
+
+def fat_context(probs_2d: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float] | None) -> float:
+    """Share of a 2 mm ring around ``mask`` (one frame or slice, bool ``(h, w)``) whose most likely class
+    is subcutaneous fat, fascia or defect (``probs_2d``: ``(C, h, w)`` on the same grid).
+
+    A back mouse sits in the subcutaneous fat on the thoracolumbar fascia or herniates through it, so
+    its surroundings are fat and fascia; a candidate inside muscle, bone or the abdomen is ringed by
+    background. Without calibration the ring is 10 pixels wide.
+    """
+    from scipy import ndimage
+
+    r = [10, 10] if spacing_mm is None else [max(1, round(_RING_MM / s)) for s in spacing_mm]
+    rows, cols = np.nonzero(mask)
+    lo = np.maximum([rows.min() - r[0] - 1, cols.min() - r[1] - 1], 0)
+    hi = np.minimum([rows.max() + r[0] + 2, cols.max() + r[1] + 2], mask.shape)
+    m = mask[lo[0] : hi[0], lo[1] : hi[1]]
+    yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1]
+    disk = (yy / r[0]) ** 2 + (xx / r[1]) ** 2 <= 1.0
+    ring = ndimage.binary_dilation(m, structure=disk) & ~m
+    if not ring.any():
+        return 1.0
+    p = probs_2d[:, lo[0] : hi[0], lo[1] : hi[1]]
+    best = np.argmax(p, axis=0)
+    return float(np.isin(best[ring], (FAT, FASCIA, DEFECT)).mean())
+
+
+def _fascia_above(
+    fascia_p: np.ndarray, rows: np.ndarray, cols: np.ndarray, spacing_mm: tuple[float, float] | None
+) -> float:
+    """Share of a US key-frame mask's columns with fascia (p >= 0.5) between the skin (row 0 of the
+    region) and 1 mm above the mask's top: a candidate under the fascia is in the muscle."""
+    margin = 10 if spacing_mm is None else max(1, round(1.0 / spacing_mm[0]))
+    tops: dict[int, int] = {}
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        tops[c] = min(r, tops.get(c, r))
+    above = [bool((fascia_p[: max(0, top - margin), c] >= _FASCIA_P).any()) for c, top in tops.items()]
+    return float(np.mean(above)) if above else 0.0
+
+
 def _us_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibration) -> list[Nodule]:
     regions = list(series.regions)
     whole_frame = not regions
@@ -505,6 +571,9 @@ def _us_region_instances(
     if n == 0:
         return []
     sp = region.spacing_mm
+    uids = [src.sop_instance_uid for src in series.sources]
+    per_uid = {u: uids.count(u) for u in set(uids)}
+    clip_frames = [per_uid[u] for u in uids]  # frames of the instance each frame belongs to
     out = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -514,6 +583,8 @@ def _us_region_instances(
         kk = int(np.argmax(areas))  # key frame, relative to the track
         key = comp[kk]
         k = sl[0].start + kk
+        if clip_frames[k] >= 5 and int((areas > 0).sum()) < thr["min_cine_frames"]:
+            continue  # a blip on one frame of a sweep is not a nodule
         rows, cols = np.nonzero(key)
         rows = rows + sl[1].start  # region-relative
         cols = cols + sl[2].start
@@ -539,6 +610,11 @@ def _us_region_instances(
                 depth_mm=region.depth_offset_mm + (ci + 0.5) * dy,
             )
             fascia_depth = _us_fascia_depth(probs[FASCIA, k, r0:r1, c0:c1], rows, cols, ci, region)
+        frame_p = probs[:, k, r0:r1, c0:c1]
+        if fat_context(frame_p, _key_mask(rows, cols, (r1 - r0, c1 - c0)), sp) < thr["min_fat_context"]:
+            continue
+        if _fascia_above(frame_p[FASCIA], rows, cols, sp) > thr["max_fascia_above"]:
+            continue
 
         # defect: band around the deep half of the key-frame mask, within the region
         band_mm = thr["defect_band_mm"]
@@ -584,6 +660,12 @@ def _us_region_instances(
         )
         out.append(nodule)
     return out
+
+
+def _key_mask(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[rows, cols] = True
+    return m
 
 
 def _us_fascia_depth(

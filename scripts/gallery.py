@@ -5,7 +5,10 @@ from its DICOM files with pydicom and its SEG with highdicom, and one frame (the
 nodule pixels) is drawn twice: the stored image, and the same with the SEG contours
 (fat yellow, fascia cyan, nodule red, defect green) and the ground-truth nodule centres (+).
 
-    .venv/bin/python scripts/gallery.py [--cases 2] [--seed 3] [--out docs/gallery]
+    .venv/bin/python scripts/gallery.py [--cases 2] [--seed 3] [--sizes 10 35] [--out docs/gallery]
+
+Cases use the training settings (``configs/phantom_{us,mr}.yaml``); ``--sizes`` adds one case per size
+with a single nodule of that longest diameter (MR with a sagittal series too), named ``<modality>_<size>mm``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pydicom
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from backmice_vision.phantoms.cli import CONFIG_DIR, load_yaml_config
 from backmice_vision.phantoms.generate import generate_cases
 
 COLOURS = {1: (250, 220, 40), 2: (40, 220, 250), 3: (250, 40, 40), 4: (60, 240, 60)}
@@ -94,18 +98,31 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=2)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--modality", choices=["us", "mr", "both"], default="both")
+    ap.add_argument("--sizes", type=float, nargs="*", default=[10.0, 35.0])
     ap.add_argument("--out", type=Path, default=Path("docs/gallery"))
     ns = ap.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="backmice_gallery_"))
     try:
         for modality in ("us", "mr") if ns.modality == "both" else (ns.modality,):
-            config = {"anatomy": {"force_nodules": 2}}
-            cases = generate_cases(modality, ns.cases, ns.seed, work / modality, config, progress=False)  # type: ignore[arg-type]
-            for case in cases:
-                truth = json.loads((case / "ground_truth.json").read_text())
-                for entry in truth["series"]:
-                    print(render_series(case, entry, ns.out))
+            base = load_yaml_config(CONFIG_DIR / f"phantom_{modality}.yaml")
+            runs = [(modality, ns.cases, {"force_nodules": 2}, {})]
+            for size in ns.sizes:
+                one = {
+                    "force_nodules": 1,
+                    "nodule_long_axis_mm": [size, size],
+                    "nodule_long_axis_median_mm": size,
+                }
+                runs.append(
+                    (f"{modality}_{size:g}mm", 1, one, {"p_sagittal": 1.0} if modality == "mr" else {})
+                )
+            for name, n, anatomy, extra in runs:
+                config = {**base, **extra, "anatomy": {**base.get("anatomy", {}), **anatomy}}
+                cases = generate_cases(modality, n, ns.seed, work / name, config, progress=False)  # type: ignore[arg-type]
+                for case in cases:
+                    truth = json.loads((case / "ground_truth.json").read_text())
+                    for entry in truth["series"]:
+                        print(render_series(case, entry, ns.out))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -399,3 +399,78 @@ def test_label_tracks_links_cine_frames_but_not_separate_images():
     labels, n = label_tracks(mask, singles)
     assert n == 4 and [int(np.unique(labels[k])[-1]) for k in range(4)] == [1, 2, 3, 4]
     assert label_tracks(mask, _series("MR", np.zeros(mask.shape)))[1] == 1  # MR slices link
+
+
+# ------------------------------------------------------------------------------------------ plausibility
+
+
+def test_us_candidate_under_the_fascia_or_ringed_by_muscle_is_not_a_nodule():
+    """A back mouse lies in the fat on or through the fascia: the same blob below the fascia (in the
+    muscle) or inside tissue the model calls background is dropped; the one above it is kept."""
+    tissue = np.zeros((1, *FRAME), dtype=bool)
+    r0, c0, r1, c1 = REGION.box
+    tissue[:, r0:r1, c0:c1] = True
+    base = _probs(tissue.shape, tissue)
+    _put(base, FASCIA, (slice(0, 1), slice(45, 48), slice(c0, c1)), 1.0)  # fascia at rows 45-47
+    base[FAT, :, 48:r1, c0:c1] = 0.0  # muscle (background) below the fascia
+    base[BACKGROUND, :, 48:r1, c0:c1] = 1.0
+    series = _series("US", np.zeros((1, *FRAME)), regions=[REGION])
+
+    def blob(p: np.ndarray, rows: slice) -> np.ndarray:
+        q = p.copy()
+        q[:, 0, rows, 70:100] = 0.0
+        q[NODULE, 0, rows, 70:100] = 0.9
+        return q
+
+    above = blob(base, slice(28, 42))  # in the fat, just over the fascia
+    deep = blob(base, slice(60, 74))  # in the muscle under it
+    assert len(extract_nodules(series, above, thresholds=THR)[0]) == 1
+    assert extract_nodules(series, deep, thresholds=THR)[0] == []
+    # with the plausibility test off (the thresholds of the ablation), the deep blob is reported
+    off = {**THR, "min_fat_context": 0.0, "max_fascia_above": 1.0}
+    assert len(extract_nodules(series, deep, thresholds=off)[0]) == 1
+    # ringed by background but with no fascia above: dropped by the fat-context test alone
+    ringed = blob(base, slice(60, 74))
+    ringed[:, :, 45:48] = 0.0
+    ringed[BACKGROUND, :, 45:48, c0:c1] = 1.0
+    only_ring = {**THR, "max_fascia_above": 1.0}
+    assert extract_nodules(series, ringed, thresholds=only_ring)[0] == []
+
+
+def test_mr_candidate_inside_muscle_is_not_a_nodule():
+    series, p = _mr_case(FLIPPED)
+    assert len(extract_nodules(series, p, thresholds=THR)[0]) == 1
+    q = p.copy()
+    ring = (slice(None), slice(26, 44), slice(16, 39))
+    inside = (slice(4, 8), slice(30, 40), slice(20, 35))
+    keep = q[:, inside[0], inside[1], inside[2]].copy()
+    q[:, ring[0], ring[1], ring[2]] = 0.0
+    q[BACKGROUND, ring[0], ring[1], ring[2]] = 1.0  # e.g. inside the erector spinae
+    q[:, inside[0], inside[1], inside[2]] = keep
+    assert extract_nodules(series, q, thresholds=THR)[0] == []
+
+
+def test_us_cine_one_frame_gap_is_bridged_and_a_one_frame_blip_dropped():
+    n_frames = 8
+    tissue = np.zeros((n_frames, *FRAME), dtype=bool)
+    tissue[:, 20:100, 30:150] = True
+    rr, cc = np.mgrid[: FRAME[0], : FRAME[1]]
+    disc = (rr - 60) ** 2 + (cc - 80) ** 2 <= 10**2
+
+    def clip(frames: list[int]) -> tuple[ImageSeries, np.ndarray]:
+        p = _probs(tissue.shape, tissue)
+        for k in frames:
+            p[:, k][:, disc] = 0.0
+            p[NODULE, k][disc] = 0.9
+        series = _series("US", np.zeros((n_frames, *FRAME)), regions=[REGION])
+        series.sources = [FrameSource("1.2.3.9", US_MULTIFRAME, k + 1) for k in range(n_frames)]
+        return series, p
+
+    (n,), _ = extract_nodules(*clip([0, 1, 2, 4, 5, 6, 7]), thresholds=THR)  # missed on frame 3
+    assert n.bbox[0] == 0 and n.bbox[3] == n_frames  # reported once, over its whole extent
+    assert extract_nodules(*clip([3]), thresholds=THR)[0] == []
+    assert len(extract_nodules(*clip([3, 4]), thresholds=THR)[0]) == 1
+    # a single image (not a clip) is one frame by nature: kept
+    series, p = clip([3])
+    series.sources = [FrameSource(f"1.2.3.{k}", US_MULTIFRAME, 1) for k in range(n_frames)]
+    assert len(extract_nodules(series, p, thresholds=THR)[0]) == 1

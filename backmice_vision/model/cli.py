@@ -47,9 +47,17 @@ def run_train(ns: argparse.Namespace) -> int:
 def run_evaluate(ns: argparse.Namespace) -> int:
     import json
 
+    from ..errors import ConfigError
     from ..evaluation import run_evaluation
 
-    report = run_evaluation(list(ns.data), ns.out, ns.model, ns.device, flip=ns.flip)
+    overrides: dict[str, float] = {}
+    for item in getattr(ns, "threshold", []) or []:
+        name, _, value = str(item).partition("=")
+        try:
+            overrides[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--threshold expects NAME=NUMBER, got {item!r}") from None
+    report = run_evaluation(list(ns.data), ns.out, ns.model, ns.device, flip=ns.flip, thresholds=overrides)
     print(json.dumps({k: report[k] for k in ("n_cases", "n_series") if k in report}))
     for problem in report.get("problems", []):
         print(f"problem: {problem}", file=sys.stderr)

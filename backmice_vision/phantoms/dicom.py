@@ -338,12 +338,13 @@ def write_us_series(
     multiframe: bool = False,
     frame_time_ms: float = 40.0,
     transducer_mhz: float = 12.0,
+    jpeg_quality: int = 90,
 ) -> list[Dataset]:
     """Write an ultrasound series; returns the written datasets in frame order.
 
     ``multiframe=False``: one US Image Storage file per stored frame. ``multiframe=True``: one US
     Multi-frame Image Storage file (cine) with ``FrameTime`` ``frame_time_ms``. ``photometric`` is
-    MONOCHROME2 or RGB (uncompressed) or YBR_FULL_422 (JPEG baseline, Pillow quality 90, 4:2:2).
+    MONOCHROME2 or RGB (uncompressed) or YBR_FULL_422 (JPEG baseline at ``jpeg_quality``, 4:2:2).
     """
     if photometric not in PHOTOMETRICS:
         raise BackmiceError(f"unknown photometric interpretation {photometric!r}")
@@ -390,7 +391,7 @@ def write_us_series(
             else:
                 from pydicom.encaps import encapsulate
 
-                encoded = _jpeg_frames(chunk)
+                encoded = _jpeg_frames(chunk, jpeg_quality)
                 ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
                 ds.PhotometricInterpretation = "YBR_FULL_422"
                 ds.LossyImageCompression = "01"

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "p_dual": 0.4,
         "photometric_probs": {"MONOCHROME2": 0.4, "RGB": 0.2, "YBR_FULL_422": 0.4},
         "frame_shape": [600, 800],
+        "jpeg_quality": [90, 90],
     },
     "mr": {
         "anatomy": {},
@@ -208,6 +209,7 @@ def _us_case(
             multiframe=kind == "us_cine",
             frame_time_ms=frame_time or 40.0,
             transducer_mhz=probe.frequency_mhz,
+            jpeg_quality=_range(rng, cfg["jpeg_quality"], True),
         )
         seg_rel = f"seg/{folder}.dcm"
         write_seg(root / seg_rel, study, dss, comp.labels, 100 + number)
