@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
 EVAL_DIR := build/eval
 
-.PHONY: demo test lint venv clean gallery evaluate
+.PHONY: demo test lint venv clean gallery evaluate evaluate-sets compare
 
 venv: $(STAMP)
 
@@ -40,6 +40,21 @@ $(EVAL_DIR)/%_shifted/.done: configs/phantom_%_shifted.yaml | $(STAMP)
 
 evaluate: $(EVAL_DIR)/us_shifted/.done $(EVAL_DIR)/mr_shifted/.done
 	$(PY) -m backmice_vision evaluate --data $(EVAL_DIR)/us_shifted $(EVAL_DIR)/mr_shifted --out docs/evaluation
+
+# Shifted and stress sets for comparing candidates (issue 17), then shipped vs candidates, with and
+# without the anatomical plausibility test -> build/evalres/summary.md.
+EVAL2 := build/eval2
+$(EVAL2)/%/.done: | $(STAMP)
+	rm -rf $(@D)
+	$(PY) -m backmice_vision phantom --modality $(word 1,$(subst _, ,$*)) --cases 8 \
+		--seed $(if $(filter us_shifted,$*),9101,$(if $(filter mr_shifted,$*),9202,$(if $(filter us_stress,$*),9303,9404))) \
+		--config configs/phantom_$*.yaml --out $(@D) --quiet
+	touch $@
+
+evaluate-sets: $(EVAL2)/us_shifted/.done $(EVAL2)/mr_shifted/.done $(EVAL2)/us_stress/.done $(EVAL2)/mr_stress/.done
+
+compare: evaluate-sets
+	bash scripts/evaluate_candidates.sh
 
 clean:
 	rm -rf build $(VENV)

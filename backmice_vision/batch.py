@@ -474,9 +474,10 @@ class Progress:
         if self.mode == "jsonl":
             print(json.dumps(asdict(outcome)), flush=True)
         elif self.mode == "bar":
-            elapsed = time.perf_counter() - self.start
-            rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
-            eta = (self.total - self.done) / (self.done / elapsed) if self.done and elapsed > 0 else 0.0
+            # no rate until a second has passed: an instant first failure would read as millions a minute
+            elapsed = max(time.perf_counter() - self.start, 1.0)
+            rate = self.done / elapsed * 60
+            eta = (self.total - self.done) * elapsed / self.done
             width = 24
             filled = int(width * self.done / max(1, self.total))
             sys.stderr.write(

@@ -391,9 +391,10 @@ def text_boxes(result: DetectionResult, frame_index: int, scale: int = 1) -> lis
     return boxes
 
 
-def render_overlay(result: DetectionResult, frame_index: int) -> np.ndarray:
-    """The overlay of frame ``frame_index`` as uint8 RGB ``(rows, cols, 3)`` at the source resolution."""
-    return _draw(result, frame_index, 1)
+def render_overlay(result: DetectionResult, frame_index: int, scale: int = 1) -> np.ndarray:
+    """The overlay of frame ``frame_index`` as uint8 RGB ``(rows * scale, cols * scale, 3)``; ``scale=1``
+    is the source resolution (the Secondary Capture), :func:`png_scale` that of the PNGs."""
+    return _draw(result, frame_index, scale)
 
 
 def png_scale(shape: tuple[int, int]) -> int:

@@ -195,11 +195,11 @@ class DetectionResult:
         or without a finding on it (``plt.imshow(result.overlay(k))``).
         """
         from .errors import BackmiceError
-        from .render import _draw, png_scale
+        from .render import png_scale, render_overlay
 
         if scale is not None and (not isinstance(scale, int) or scale < 1):
             raise BackmiceError(f"overlay scale must be a whole number of at least 1 (got {scale!r})")
-        return _draw(self, int(k), png_scale(self.series.shape[1:]) if scale is None else scale)
+        return render_overlay(self, int(k), png_scale(self.series.shape[1:]) if scale is None else scale)
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the key-image montage and a table of the findings."""

@@ -103,8 +103,11 @@ def _ids(pairs: list[tuple[str, str]]) -> list[str]:
 # sensitivity and Dice are below target), keyed by check and case name or "name-kind". strict: a model
 # that meets one turns its XPASS into a failure, so this list shrinks as the model improves.
 KNOWN_MODEL_MISSES = {
-    ("measurements", "us-us_single"): "depth 9.9 vs 8.2 mm (+21 %)",
-    ("measurements", "us-us_dual"): "depth 9.8 and 9.6 vs 7.5 mm (+31 %, +28 %) in the two views",
+    # on the phantoms of the realistic ultrasound physics (contact, gain-limited TGC, specular fascia):
+    # the left view of the dual export is missed (the right one is found, 15.6 vs 17.9 mm)
+    ("detection", "us-us_dual"): "view 1 of 2 missed (no finding within 9 mm of the 18.1 mm nodule)",
+    ("measurements", "us-us_dual"): "view 1 of 2 missed, so not measured",
+    ("defect", "us-us_dual"): "view 1 of 2 missed, so no defect flag to check",
     ("defect", "mr_left"): "fascia defect flagged (p 0.80) where there is none",
     ("negative", "mr_negative"): "3 findings (confidence 0.51, 0.30, 0.26) on a nodule-free MR",
 }
@@ -232,7 +235,7 @@ def test_truth_from_the_seg_labels_agrees_with_the_phantom_ground_truth(
 # --------------------------------------------------------------------------- the shipped detector
 
 
-@pytest.mark.parametrize(("name", "kind"), POSITIVE_SERIES, ids=_ids(POSITIVE_SERIES))
+@pytest.mark.parametrize(("name", "kind"), _params(POSITIVE_SERIES, "detection"))
 def test_target_nodules_are_detected(detect: Callable[[str, str], Detection], name: str, kind: str) -> None:
     failures = contract_failures(_assess(detect(name, kind)), detect(name, kind).series.modality)
     assert not failures["detection"], failures["detection"]

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Compare the shipped models with trained candidates on the held-out shifted and stress phantom sets,
+# with and without the anatomical plausibility test (issue 17). Writes build/evalres/<model>_<set>/.
+#   bash scripts/evaluate_candidates.sh [US_CANDIDATE] [MR_CANDIDATE]
+# The sets: make evaluate-sets (build/eval2/{us,mr}_{shifted,stress}).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+US_CAND=${1:-build/candidates/backmice_us_dr}
+MR_CAND=${2:-build/candidates/backmice_mr_dr}
+OUT=build/evalres
+run() {  # name model data [threshold overrides...]
+  local name=$1 model=$2 data=$3; shift 3
+  local extra=()
+  for t in "$@"; do extra+=(--threshold "$t"); done
+  [ -d "$model" ] || { echo "skip $name: no $model"; return; }
+  $PY -m backmice_vision evaluate --data "$data" --model "$model" --out "$OUT/$name" "${extra[@]}" >/dev/null 2>"$OUT/$name.log" || echo "FAILED $name"
+  echo "$name done"
+}
+mkdir -p "$OUT"
+for s in shifted stress; do
+  run "shipped_us_$s" models/backmice_us "build/eval2/us_$s"
+  run "shipped_us_${s}_nofilter" models/backmice_us "build/eval2/us_$s" min_fat_context=0 max_fascia_above=1
+  run "cand_us_$s" "$US_CAND" "build/eval2/us_$s"
+  run "shipped_mr_$s" models/backmice_mr "build/eval2/mr_$s"
+  run "shipped_mr_${s}_nofilter" models/backmice_mr "build/eval2/mr_$s" min_fat_context=0
+  run "cand_mr_$s" "$MR_CAND" "build/eval2/mr_$s"
+done
+$PY scripts/summarise_evaluations.py "$OUT" > "$OUT/summary.md"
+cat "$OUT/summary.md"
