@@ -32,10 +32,10 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       ``width_mm`` = extent across the beam of defect voxels (probability ≥ 0.5) in that band.
     * ``confidence``: mean nodule probability inside the instance through the ``"nodule"`` calibration.
     * anatomical plausibility: an instance is dropped when less than ``min_fat_context`` of a 2 mm ring
-      around it (key frame / central slice) is fat, fascia or defect by the model (:func:`fat_context`:
-      a back mouse lies in the subcutaneous fat, on or through the fascia, never inside muscle, bone or
-      the abdomen), and, on ultrasound, when more than ``max_fascia_above`` of its columns have fascia
-      between the skin and its top (it lies under the fascia).
+      around it (key frame / central slice) is fat, fascia, nodule or defect by the model
+      (:func:`fat_context`: a back mouse lies in the subcutaneous fat, on or through the fascia, never
+      inside muscle, bone or the abdomen), and, on ultrasound, when more than ``max_fascia_above`` of
+      its columns have fascia between the skin and its top (it lies under the fascia).
     * ``needle_target``: skin point straight above the centre (ultrasound: region top row at the centre
       column; MR: body surface reached along +y from the centre) and the skin → centre distance.
 
@@ -67,7 +67,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_area_px": 20.0,  # uncalibrated ultrasound: minimum key-frame area in pixels
     "defect_band_mm": 5.0,  # band around the nodule's deep half searched for the defect class
     # anatomical plausibility: a back mouse lies in the subcutaneous fat, on or through the fascia
-    "min_fat_context": 0.35,  # share of a 2 mm ring around it the model calls fat, fascia or defect
+    "min_fat_context": 0.35,  # share of a 2 mm ring around it the model calls fat, fascia, nodule or defect
     "max_fascia_above": 0.5,  # US: share of its columns with fascia between the skin and its top
     "min_cine_frames": 2.0,  # US: frames a track must span in a clip of 5 frames or more
 }
@@ -503,7 +503,8 @@ _RING_MM = 2.0
 
 def fat_context(probs_2d: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float] | None) -> float:
     """Share of a 2 mm ring around ``mask`` (one frame or slice, bool ``(h, w)``) whose most likely class
-    is subcutaneous fat, fascia or defect (``probs_2d``: ``(C, h, w)`` on the same grid).
+    is subcutaneous fat, fascia, defect or nodule (the rest of a nodule larger than the thresholded
+    mask) (``probs_2d``: ``(C, h, w)`` on the same grid).
 
     A back mouse sits in the subcutaneous fat on the thoracolumbar fascia or herniates through it, so
     its surroundings are fat and fascia; a candidate inside muscle, bone or the abdomen is ringed by
@@ -523,7 +524,7 @@ def fat_context(probs_2d: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float,
         return 1.0
     p = probs_2d[:, lo[0] : hi[0], lo[1] : hi[1]]
     best = np.argmax(p, axis=0)
-    return float(np.isin(best[ring], (FAT, FASCIA, DEFECT)).mean())
+    return float(np.isin(best[ring], (FAT, FASCIA, NODULE, DEFECT)).mean())
 
 
 def _fascia_above(

@@ -2,7 +2,8 @@
 # Compare the shipped models with trained candidates on the held-out shifted and stress phantom sets,
 # with and without the anatomical plausibility test (issue 17). Writes build/evalres/<model>_<set>/.
 #   bash scripts/evaluate_candidates.sh [US_CANDIDATE] [MR_CANDIDATE]
-# The sets: make evaluate-sets (build/eval2/{us,mr}_{shifted,stress}).
+# The sets: make evaluate-sets (build/eval2/{us,mr}_{shifted,stress}). ONLY=shipped or ONLY=cand runs
+# one half; a run whose evaluation.json exists is not repeated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -14,6 +15,8 @@ run() {  # name model data [threshold overrides...]
   local extra=()
   for t in "$@"; do extra+=(--threshold "$t"); done
   [ -d "$model" ] || { echo "skip $name: no $model"; return; }
+  case "${ONLY:-}" in shipped) [[ $name == shipped* ]] || return 0 ;; cand) [[ $name == cand* ]] || return 0 ;; esac
+  [ -f "$OUT/$name/evaluation.json" ] && { echo "$name exists"; return; }
   $PY -m backmice_vision evaluate --data "$data" --model "$model" --out "$OUT/$name" "${extra[@]}" >/dev/null 2>"$OUT/$name.log" || echo "FAILED $name"
   echo "$name done"
 }

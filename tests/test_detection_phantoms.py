@@ -108,8 +108,7 @@ KNOWN_MODEL_MISSES = {
     ("detection", "us-us_dual"): "view 1 of 2 missed (no finding within 9 mm of the 18.1 mm nodule)",
     ("measurements", "us-us_dual"): "view 1 of 2 missed, so not measured",
     ("defect", "us-us_dual"): "view 1 of 2 missed, so no defect flag to check",
-    ("defect", "mr_left"): "fascia defect flagged (p 0.80) where there is none",
-    ("negative", "mr_negative"): "3 findings (confidence 0.51, 0.30, 0.26) on a nodule-free MR",
+    ("negative", "mr_negative"): "2 findings (confidence 0.32, 0.30) on a nodule-free MR",
 }
 
 
