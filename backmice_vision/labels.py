@@ -76,7 +76,7 @@ TISSUE_TO_CLASS: dict[Tissue, int] = {
     Tissue.VISCERA: BACKGROUND,
     Tissue.CSF: BACKGROUND,
 }
-_BONES = (
+BONES = (  # bone structures of the deep anatomy (cortex is BONE itself)
     Tissue.VERTEBRAL_BODY,
     Tissue.PEDICLE,
     Tissue.LAMINA,
@@ -86,7 +86,7 @@ _BONES = (
     Tissue.SACRUM,
     Tissue.ILIUM,
 )
-_MUSCLES = (
+MUSCLES = (
     Tissue.MULTIFIDUS,
     Tissue.ERECTOR_SPINAE,
     Tissue.PSOAS,
@@ -96,13 +96,13 @@ _MUSCLES = (
     Tissue.GLUTEUS_MAXIMUS,
     Tissue.ABDOMINAL_WALL,
 )
-_DEEP_FATS = (Tissue.RETROPERITONEAL_FAT, Tissue.INTRAMUSCULAR_FAT, Tissue.EPIDURAL_FAT)
+DEEP_FATS = (Tissue.RETROPERITONEAL_FAT, Tissue.INTRAMUSCULAR_FAT, Tissue.EPIDURAL_FAT)
 # The physical tissue of each fine label (the simulators' tables are per base tissue).
 TISSUE_BASE: dict[Tissue, Tissue] = {
     **{t: t for t in Tissue if t <= Tissue.CSF},
-    **dict.fromkeys(_BONES, Tissue.BONE),
-    **dict.fromkeys(_MUSCLES, Tissue.MUSCLE),
-    **dict.fromkeys(_DEEP_FATS, Tissue.DEEP_FAT),
+    **dict.fromkeys(BONES, Tissue.BONE),
+    **dict.fromkeys(MUSCLES, Tissue.MUSCLE),
+    **dict.fromkeys(DEEP_FATS, Tissue.DEEP_FAT),
     Tissue.DISC: Tissue.VISCERA,
     Tissue.BOWEL: Tissue.VISCERA,
 }

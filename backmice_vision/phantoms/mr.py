@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..labels import Tissue
+from ..labels import BONES, DEEP_FATS, MUSCLES, Tissue
 from .anatomy import Subject
 
 Range = tuple[float, float]
@@ -89,42 +89,11 @@ SIGNAL: dict[str, dict[Tissue, Range]] = {
     },
 }
 _OEDEMATOUS_NODULE = {"T1": (0.6, 0.8), "T2": (1.0, 1.2), "STIR": (0.3, 0.6)}  # [S19] -> [E]
-_FAT_TISSUES = (
-    Tissue.SUPERFICIAL_FAT,
-    Tissue.DEEP_FAT,
-    Tissue.NODULE,
-    Tissue.STALK,
-    Tissue.RETROPERITONEAL_FAT,
-    Tissue.INTRAMUSCULAR_FAT,
-    Tissue.EPIDURAL_FAT,
-)
+_FAT_TISSUES = (Tissue.SUPERFICIAL_FAT, Tissue.DEEP_FAT, Tissue.NODULE, Tissue.STALK, *DEEP_FATS)
 # fine labels that take the signal of another: bones have marrow inside, muscles are muscle
-_SAME_SIGNAL = {
-    **dict.fromkeys(
-        (
-            Tissue.PEDICLE,
-            Tissue.LAMINA,
-            Tissue.SPINOUS_PROCESS,
-            Tissue.FACET,
-            Tissue.TRANSVERSE_PROCESS,
-            Tissue.SACRUM,
-            Tissue.ILIUM,
-        ),
-        Tissue.VERTEBRAL_BODY,
-    ),
-    **dict.fromkeys(
-        (
-            Tissue.MULTIFIDUS,
-            Tissue.ERECTOR_SPINAE,
-            Tissue.PSOAS,
-            Tissue.QUADRATUS_LUMBORUM,
-            Tissue.ILIACUS,
-            Tissue.GLUTEUS_MEDIUS,
-            Tissue.GLUTEUS_MAXIMUS,
-            Tissue.ABDOMINAL_WALL,
-        ),
-        Tissue.MUSCLE,
-    ),
+_SAME_SIGNAL: dict[Tissue, Tissue] = {
+    **{t: Tissue.VERTEBRAL_BODY for t in BONES if t != Tissue.VERTEBRAL_BODY},
+    **{t: Tissue.MUSCLE for t in MUSCLES},
 }
 # nominal sequence timing (ms) written to DICOM: TR, TE, TI, echo train length [S30] -> [E]
 _TIMING = {
