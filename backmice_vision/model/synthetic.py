@@ -133,10 +133,8 @@ class MixedTrainingSet(Dataset[Any]):
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"synthetic share must be in [0, 1], got {share}")
         self.tiles, self.synthetic, self.transforms = tiles, synthetic, transforms
-        self.share = share if tiles else 1.0
+        self.share = 0.0 if synthetic is None else share if tiles else 1.0
         self.length, self.seed, self.epoch = int(length), int(seed), 0
-        if synthetic is None:
-            self.share = 0.0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

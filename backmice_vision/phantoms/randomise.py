@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -358,15 +357,3 @@ def randomise_mr(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float
     lo, hi = np.percentile(img, (0.5, 99.5))
     img = np.clip((img - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
     return _post(img, rng, jpeg=False)
-
-
-def describe() -> dict[str, Any]:
-    """What the randomisation draws, for the model card."""
-    return {
-        "us": "per-tissue backscatter (nodule within -2.5..+3 dB of fat 70 %), fat septa and muscle "
-        "striations of random size/direction, anisotropic PSF, 5-18 MHz attenuation, partial "
-        "gain-limited TGC, noise, dynamic range 35-80 dB, gamma, resolution, gain field, JPEG q 20-95",
-        "mr": "per-tissue signal (near T1/T2/STIR 50 %, else uniform random), nodule = fat 75 %, texture, "
-        "partial-volume blur, coil bias +-40 %, Rician SNR 5-60, gamma, resolution; axial/sagittal, "
-        "oblique, flipped, FOV 150-420 mm, slice spacing 3-6 mm",
-    }
