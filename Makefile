@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m backmice_vision demo --out $(DEMO_DIR)
 
 lint: $(STAMP)
-	$(PY) -m ruff check backmice_vision tests scripts
+	$(PY) -m ruff check backmice_vision tests scripts benchmarks
 	$(PY) -m mypy
 
 test: lint

@@ -107,12 +107,6 @@ def _demo(ns: argparse.Namespace) -> int:
     return run_demo(ns.out)
 
 
-def _bench(ns: argparse.Namespace) -> int:
-    from .benchmark import run_bench
-
-    return run_bench(ns)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backmice",
@@ -204,28 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate the example series and run the whole job on them")
     p.add_argument("--out", type=Path, default=Path("build/demo"))
     p.set_defaults(handler=_demo)
-
-    p = sub.add_parser("bench", help="measure speed, memory and throughput on generated realistic series")
-    bench_arguments(p)
-    p.set_defaults(handler=_bench)
     return parser
-
-
-def bench_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``backmice bench`` (kept here so that ``--help`` imports nothing heavy)."""
-    p.add_argument("--quick", action="store_true", help="1 timed run, 4-series batch, 3 CLI runs (~1 min)")
-    p.add_argument("--data", type=Path, help="folder for the generated series (reused when present)")
-    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    p.add_argument("--repeats", type=int, help="timed runs per series after a warm-up (default 3)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per series run (default: torch's)")
-    p.add_argument("--formats", default="all", help="outputs written in the write stage (default all)")
-    p.add_argument("--no-workers", action="store_true", help="skip the 1- and 2-worker batch runs")
-    p.add_argument(
-        "--reference-roi",
-        choices=["patch", "image"],
-        default="patch",
-        help="ROI of the MONAI reference's sliding window: the training patch (default) or the whole image",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

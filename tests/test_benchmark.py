@@ -6,11 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import benchmark  # benchmarks/benchmark.py (pytest pythonpath)
 import numpy as np
 import pytest
 
-from backmice_vision import benchmark
-from backmice_vision.cli import build_parser
 from backmice_vision.errors import ConfigError
 
 EXPECTED_SERIES_FIGURES = (
@@ -20,12 +19,12 @@ EXPECTED_SERIES_FIGURES = (
 
 
 def test_bench_parser_has_the_options() -> None:
-    ns = build_parser().parse_args(["bench", "--quick", "--json", "x.json", "--threads", "1"])
+    ns = benchmark.build_parser().parse_args(["--quick", "--json", "x.json", "--threads", "1"])
     assert ns.quick and ns.json == Path("x.json") and ns.threads == 1 and ns.formats == "all"
 
 
 def test_bad_formats_are_a_config_error() -> None:
-    ns = build_parser().parse_args(["bench", "--formats", "png,tiff"])
+    ns = benchmark.build_parser().parse_args(["--formats", "png,tiff"])
     with pytest.raises(ConfigError, match="tiff"):
         benchmark.run_bench(ns)
 
@@ -76,8 +75,8 @@ def test_compare_findings_matches_centres_and_masks() -> None:
 @pytest.mark.slow
 def test_quick_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    ns = build_parser().parse_args(
-        ["bench", "--quick", "--threads", "1", "--data", str(tmp_path / "data"), "--json", str(out)]
+    ns = benchmark.build_parser().parse_args(
+        ["--quick", "--threads", "1", "--data", str(tmp_path / "data"), "--json", str(out)]
     )
     assert benchmark.run_bench(ns) == 0
     results = json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""Performance benchmark (``backmice bench``, ``scripts/benchmark.py``): speed, memory, throughput.
+"""Performance benchmark (``python benchmarks/benchmark.py``): speed, memory, throughput.
 
 Inputs are simulated deterministically (fixed seeds) with the phantom simulators and written with the
 phantom DICOM writers at realistic sizes:
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackmiceError, ConfigError
+from backmice_vision.errors import BackmiceError, ConfigError
 
 INPUTS_VERSION = 1
 SERIES_KINDS = ("mr", "us_cine", "us_single")
@@ -112,9 +112,9 @@ class BenchOptions:
 
 def _write_mr(root: Path, copies: int) -> list[Path]:
     """Simulate the MR volume once and write it as ``copies`` series with distinct UIDs."""
-    from .phantoms.anatomy import make_subject
-    from .phantoms.dicom import MrAcquisition, SeriesInfo, StudyInfo, make_uid, write_mr_series
-    from .phantoms.mr import MRProtocol, simulate_mr
+    from backmice_vision.phantoms.anatomy import make_subject
+    from backmice_vision.phantoms.dicom import MrAcquisition, SeriesInfo, StudyInfo, make_uid, write_mr_series
+    from backmice_vision.phantoms.mr import MRProtocol, simulate_mr
 
     subject = make_subject(MR_SEED)
     n, rows, cols = MR_SHAPE
@@ -159,9 +159,9 @@ def _write_mr(root: Path, copies: int) -> list[Path]:
 
 def _write_us(root: Path) -> tuple[Path, Path]:
     """Simulate and write the cine (JPEG YBR_FULL_422) and the single image (MONOCHROME2)."""
-    from .phantoms.anatomy import make_subject
-    from .phantoms.dicom import SeriesInfo, StudyInfo, UsView, compose_us, write_us_series
-    from .phantoms.ultrasound import ProbeSettings, plan_planes, simulate_bmode, simulate_cine
+    from backmice_vision.phantoms.anatomy import make_subject
+    from backmice_vision.phantoms.dicom import SeriesInfo, StudyInfo, UsView, compose_us, write_us_series
+    from backmice_vision.phantoms.ultrasound import ProbeSettings, plan_planes, simulate_bmode, simulate_cine
 
     subject: Any = make_subject(US_SEED)  # a SubjectLike for the simulators
     rng = np.random.default_rng(US_SEED)
@@ -216,7 +216,7 @@ def make_inputs(data_dir: Path, worker_series: int, *, log: Any = None) -> dict[
     _write_mr(data_dir / "series", 1)
     _write_us(data_dir / "series")
     _write_mr(data_dir / "batch", worker_series)
-    from .export.dicom_common import write_text_atomic
+    from backmice_vision.export.dicom_common import write_text_atomic
 
     write_text_atomic(json.dumps(want) + "\n", marker)  # last: marks the inputs complete
     if log:
@@ -247,7 +247,7 @@ def _ours_once(
     folder: Path, detector: Any, out_dir: Path, formats: list[str]
 ) -> tuple[dict[str, float], Any]:
     """Our pipeline on ``folder``: seconds per stage plus ``total``, and the result."""
-    from .io import load_series
+    from backmice_vision.io import load_series
 
     t0 = time.perf_counter()
     series = load_series(folder)
@@ -270,7 +270,7 @@ def _bare_baseline(folder: Path, series: Any, bundle: Any) -> dict[str, float]:
     import pydicom
     import torch
 
-    from .model.inference import _batches, make_tiles, pad_batch
+    from backmice_vision.model.inference import _batches, make_tiles, pad_batch
 
     t0 = time.perf_counter()
     for path in _series_files(folder):
@@ -387,7 +387,7 @@ def reference_probabilities(folder: Path, bundle: Any, modality: str, roi_mode: 
     out_t = back.permute(1, 0, 2, 3)
     if modality == "MR":
         return np.ascontiguousarray(out_t.numpy(), dtype=np.float32)
-    from .labels import BACKGROUND
+    from backmice_vision.labels import BACKGROUND
 
     out = np.zeros((out_t.shape[0], *full_shape), dtype=np.float32)
     out[BACKGROUND] = 1.0
@@ -411,8 +411,8 @@ def _match(a: list[np.ndarray], b: list[np.ndarray], tol: float) -> list[float]:
 
 def _nodule_mask(probs: np.ndarray) -> np.ndarray:
     """Pixels where the nodule class wins."""
-    from .labels import NODULE
-    from .model.inference import class_labels
+    from backmice_vision.labels import NODULE
+    from backmice_vision.model.inference import class_labels
 
     return np.asarray(class_labels(probs) == NODULE)
 
@@ -448,7 +448,7 @@ def compare_findings(
     counted but not required to agree). Also the nodule-mask Dice of the two maps (1 when both are
     empty), their pixel counts, and the mean absolute difference of the nodule probability.
     """
-    from .labels import NODULE
+    from backmice_vision.labels import NODULE
 
     first = 1 if in_plane else 0
     scale = np.asarray(spacing_mm[first:], dtype=np.float64)
@@ -489,8 +489,8 @@ def measure_series(
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from .findings import extract_nodules
-    from .model.detector import Detector
+    from backmice_vision.findings import extract_nodules
+    from backmice_vision.model.detector import Detector
 
     modality = str(pydicom.dcmread(_series_files(folder)[0], stop_before_pixels=True).Modality)
     t0 = time.perf_counter()
@@ -557,7 +557,7 @@ def measure_batch(
     the completion times (the first ``workers`` completions carry process start-up and model loading).
     ``sequential``: instead of run_batch, :func:`~backmice_vision.batch.process_job` on one series after
     the other in this process (no overlap of writing and detecting: what one worker process does)."""
-    from .batch import SeriesOutcome, plan_jobs, process_job, run_batch, run_tag
+    from backmice_vision.batch import SeriesOutcome, plan_jobs, process_job, run_batch, run_tag
 
     if threads > 0 and workers == 1:
         import torch
@@ -614,7 +614,7 @@ def measure_compute(passes: int) -> dict[str, Any]:
     fixed batch of 8 tiles of 3 x 224 x 224 (the same work in every process; see :func:`measure_ceiling`)."""
     import torch
 
-    from .model.detector import Detector
+    from backmice_vision.model.detector import Detector
 
     torch.set_num_threads(1)
     net = Detector.from_pretrained(device="cpu").bundle_for("MR").network.eval()
@@ -635,7 +635,7 @@ def _children(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run measurements in fresh interpreters at the same time; each result is its last stdout line."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "backmice_vision.benchmark", "--child", json.dumps(task)],
+            [sys.executable, __file__, "--child", json.dumps(task)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -724,7 +724,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    from .model.inference import usable_cores
+    from backmice_vision.model.inference import usable_cores
 
     cores = usable_cores()
     return {
@@ -963,9 +963,9 @@ def print_report(results: dict[str, Any], stream: Any = None) -> None:
 
 
 def run_bench(ns: argparse.Namespace) -> int:
-    """Entry point of ``backmice bench``: run, print the tables, write ``--json``. Exit 0 even when a
-    target fails (the table says which); 1 when a measurement could not be taken."""
-    from .export import check_formats
+    """Run, print the tables, write ``--json``. Exit 0 even when a target fails (the table says which);
+    1 when a measurement could not be taken."""
+    from backmice_vision.export import check_formats
 
     formats = tuple(check_formats(None if ns.formats == "all" else ns.formats.split(",")))
     repeats = ns.repeats if ns.repeats is not None else (1 if ns.quick else 3)
@@ -990,27 +990,42 @@ def run_bench(ns: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print_report(results)
     if ns.json:
-        from .export.dicom_common import write_text_atomic
+        from backmice_vision.export.dicom_common import write_text_atomic
 
         write_text_atomic(json.dumps(results, indent=2) + "\n", ns.json)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m backmice_vision.benchmark`` (also the child processes, with ``--child``)."""
-    from .cli import bench_arguments
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (``--child`` runs one measurement: see :func:`_children`)."""
+    p = argparse.ArgumentParser(prog="benchmark.py", description="Measure speed, memory and throughput.")
+    p.add_argument("--quick", action="store_true", help="1 timed run, 4-series batch, 3 CLI runs (~1 min)")
+    p.add_argument("--data", type=Path, help="folder for the generated series (reused when present)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--repeats", type=int, help="timed runs per series after a warm-up (default 3)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per series run (default: torch's)")
+    p.add_argument("--formats", default="all", help="outputs written in the write stage (default all)")
+    p.add_argument("--no-workers", action="store_true", help="skip the 1- and 2-worker batch runs")
+    p.add_argument(
+        "--reference-roi",
+        choices=["patch", "image"],
+        default="patch",
+        help="ROI of the MONAI reference's sliding window: the training patch (default) or the whole image",
+    )
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
 
-    parser = argparse.ArgumentParser(prog="backmice bench", description="Measure speed and memory.")
-    bench_arguments(parser)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    ns = parser.parse_args(argv)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/benchmark.py`` (also the child processes, with ``--child``)."""
+    ns = build_parser().parse_args(argv)
     try:
         if ns.child:
             print(json.dumps(_run_child_task(json.loads(ns.child))))
             return 0
         return run_bench(ns)
     except BackmiceError as exc:
-        print(f"backmice bench: error: {exc}", file=sys.stderr)
+        print(f"benchmark.py: error: {exc}", file=sys.stderr)
         return 1
 
 
