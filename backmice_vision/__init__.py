@@ -7,6 +7,11 @@ not import torch)::
     detector = bmv.Detector.from_pretrained()
     result = detector.detect(series)
     result.save("out/")
+
+or, with one error policy and the detector loaded once per process (what ``backmice batch``, ``backmice
+detect`` and the DICOM node run)::
+
+    outcome = bmv.run_series("study/US0001.dcm", out_dir="out/")   # status "ok" or "failed", error, paths
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from .types import DetectionResult, FasciaDefect, ImageSeries, NeedleTarget, Nod
 if TYPE_CHECKING:
     from .io import find_series, load_series
     from .model.detector import Detector, detect
+    from .pipeline import run_series
 
 _LAZY = {
     "find_series": ("io", "find_series"),
     "load_series": ("io", "load_series"),
     "Detector": ("model.detector", "Detector"),
     "detect": ("model.detector", "detect"),
+    "run_series": ("pipeline", "run_series"),
 }
 
 
@@ -64,4 +71,5 @@ __all__ = [
     "detect",
     "find_series",
     "load_series",
+    "run_series",
 ]

@@ -14,6 +14,7 @@ manifest only after all its outputs exist, so a killed run leaves nothing that `
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -157,27 +158,18 @@ def inputs_hash(paths: Iterable[str], model_tag: str) -> str:
 
 # --- worker side -----------------------------------------------------------------------------------
 
-_DETECTOR: Any = None
-_DETECTOR_ARGS: tuple[str | None, str] | None = None
-
-
-def _detector(model: str | None, device: str) -> Any:
-    """The detector of this process, loaded once (per local worker or Dask worker process)."""
-    global _DETECTOR, _DETECTOR_ARGS
-    if _DETECTOR is None or (model, device) != _DETECTOR_ARGS:
-        from .model.detector import Detector
-
-        _DETECTOR = Detector.from_pretrained(model, device=device)
-        _DETECTOR_ARGS = (model, device)
-    return _DETECTOR
-
 
 def init_worker(model: str | None, device: str, threads: int) -> None:
-    """Process-pool initializer: share the cores between workers and load the model once."""
+    """Process-pool initializer: share the cores between workers and load the model once (into the
+    process's detector cache, :func:`backmice_vision.pipeline.get_detector`)."""
     import torch
 
+    from .pipeline import FAILURES, DetectorSpec, get_detector
+
     torch.set_num_threads(max(1, threads))
-    _detector(model, device)
+    # an initializer error would break the pool: each series reports the failed load instead
+    with contextlib.suppress(*FAILURES):
+        get_detector(DetectorSpec.of(model, device))
 
 
 def model_tag(model: str | None) -> str:
@@ -200,7 +192,7 @@ def run_tag(model: str | None, formats: list[str] | None) -> str:
     from .export import check_formats
     from .findings import load_thresholds
 
-    thresholds = json.dumps(load_thresholds(), sort_keys=True)
+    thresholds = json.dumps(dict(load_thresholds()), sort_keys=True)
     return "|".join(
         [
             model_tag(model),
@@ -218,48 +210,43 @@ def process_job(
     return write_stage(*detect_stage(job, model, device, tag), out_dir, formats)
 
 
-def detect_stage(
-    job: SeriesJob, model: str | None, device: str, tag: str
-) -> tuple[SeriesOutcome, Any, float]:
-    """Hash the inputs, decode and detect: ``(outcome, result or None on failure, start time)``."""
+Staged = tuple[SeriesOutcome, Any, Any, float]  # (outcome, result or None, pipeline Outcome, start time)
+
+
+def detect_stage(job: SeriesJob, model: str | None, device: str, tag: str) -> Staged:
+    """Hash the inputs, then :func:`backmice_vision.pipeline.detect_stage` (decode and detect)."""
+    from .pipeline import DetectorSpec, Outcome, error_line
+    from .pipeline import detect_stage as detect_series
+
     start = time.perf_counter()
     outcome = SeriesOutcome(key=job.key, status="failed", modality=job.modality, description=job.description)
-    result = None
     try:
         outcome.input_hash = inputs_hash(job.paths, tag)
-        from .io import load_series
-
-        series = load_series([Path(p) for p in job.paths])
-        _label(outcome, series)
-        result = _detector(model, device).detect(series)
-    except BackmiceError as exc:
-        outcome.error = str(exc)
-    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-        outcome.error = _short_error(exc)
-    return outcome, result, start
+    except OSError as exc:
+        run = Outcome(error=error_line(exc, job.paths[0] if job.paths else job.key), stage="load")
+        return outcome, None, run, start
+    run, result = detect_series(job.paths, DetectorSpec.of(model, device))
+    outcome.study_uid, outcome.series_uid = run.study_instance_uid, run.series_instance_uid
+    if result is not None:
+        _label(outcome, result.series)
+    return outcome, result, run, start
 
 
 def write_stage(
-    outcome: SeriesOutcome, result: Any, start: float, out_dir: str, formats: list[str] | None
+    outcome: SeriesOutcome, result: Any, run: Any, start: float, out_dir: str, formats: list[str] | None
 ) -> SeriesOutcome:
-    """Write the outputs of a detected series under ``out_dir/<key>`` and complete its outcome."""
-    if result is not None:
-        try:
-            from .export.dicom_common import remove_stale_temporaries
+    """:func:`backmice_vision.pipeline.write_stage` into ``out_dir/<key>``, then complete the outcome."""
+    from .pipeline import write_stage as write_series
 
-            folder = Path(out_dir) / outcome.key
-            remove_stale_temporaries(folder)  # a killed earlier run's half-written files
-            written = result.save(folder, formats)
-            outcome.outputs = sorted(str(p.relative_to(out_dir)) for paths in written.values() for p in paths)
-            montage = [p for p in outcome.outputs if p.endswith("montage.png")]
-            outcome.key_image = montage[0] if montage else None
-            outcome.series_probability = float(result.series_probability)
-            outcome.findings = [_finding_row(n) for n in result.nodules]
-            outcome.status = "done"
-        except BackmiceError as exc:
-            outcome.error = str(exc)
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-            outcome.error = _short_error(exc)
+    run = write_series(run, result, Path(out_dir) / outcome.key, formats)
+    outcome.error = run.error
+    if run.ok:
+        outcome.outputs = sorted(str(p.relative_to(out_dir)) for p in run.paths)
+        montage = [p for p in outcome.outputs if p.endswith("montage.png")]
+        outcome.key_image = montage[0] if montage else None
+        outcome.series_probability = run.series_probability
+        outcome.findings = [_finding_row(n) for n in result.nodules]
+        outcome.status = "done"
     outcome.seconds = time.perf_counter() - start
     return outcome
 
@@ -272,10 +259,6 @@ def _label(outcome: SeriesOutcome, series: Any) -> None:
     outcome.description = str(series.header.get("SeriesDescription", outcome.description))[:64]
     date = str(series.datasets[0].get("StudyDate", "") or "") if series.datasets else ""
     outcome.study_date = date if re.fullmatch(r"[0-9]{8}", date) else ""
-
-
-def _short_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _finding_row(n: Any) -> dict[str, Any]:

@@ -19,10 +19,9 @@ def run_demo(out_dir: Path) -> int:
 
     Returns 0 when every series was processed, 1 otherwise.
     """
-    from .errors import BackmiceError
-    from .io import find_series, load_series
-    from .model.detector import Detector
+    from .io import find_series
     from .phantoms.generate import generate_cases
+    from .pipeline import detect_stage, write_stage
 
     data_dir = out_dir / "data"
     for modality, seed in DEMO_CASES:
@@ -30,23 +29,19 @@ def run_demo(out_dir: Path) -> int:
         if not (target / "case_0000" / "ground_truth.json").exists():
             generate_cases(modality, 1, seed, target, config={"anatomy": DEMO_ANATOMY}, progress=False)
 
-    detector = Detector.from_pretrained()
     failures = 0
     refs = find_series(data_dir)
     for ref in refs:
         name = f"{ref.modality}_{ref.series_instance_uid[-8:]}"
-        try:
-            series = load_series(ref)
-            result = detector.detect(series)
-            written = result.save(out_dir / "results" / name)
-        except BackmiceError as exc:
+        outcome, result = detect_stage(ref)  # the shipped models, loaded once (the pipeline's cache)
+        outcome = write_stage(outcome, result, out_dir / "results" / name)
+        if result is None or not outcome.ok:
             failures += 1
-            print(f"{name}: error: {exc}", file=sys.stderr)
+            print(f"{name}: error: {outcome.error}", file=sys.stderr)
             continue
         found = ", ".join(
             f"#{n.id} {n.confidence:.0%} {n.longest_diameter_mm or 0:.1f} mm" for n in result.nodules
         )
-        n_files = sum(len(v) for v in written.values())
-        print(f"{name}: {len(result.nodules)} finding(s) {found} -> {n_files} files")
+        print(f"{name}: {len(result.nodules)} finding(s) {found} -> {len(outcome.paths)} files")
     print(f"results in {out_dir / 'results'}")
     return 1 if failures else 0

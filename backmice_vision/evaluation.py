@@ -608,8 +608,7 @@ def run_evaluation(
     Series that cannot be loaded or detected are listed under ``problems`` (one line each) and skipped.
     Returns the report written to ``evaluation.json``.
     """
-    from .io import load_series
-    from .model.detector import Detector
+    from .pipeline import DetectorSpec, detect_stage, get_detector
 
     cases = find_cases(data_dirs)
     if not cases:
@@ -620,7 +619,7 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     # every candidate is scored (FROC sweeps the threshold); the configured one is the operating point
     overrides = {**(thresholds or {}), "confidence_threshold": 0.0}
-    detector = Detector.from_pretrained(model, device, flip=flip, thresholds=overrides)
+    detector = get_detector(DetectorSpec.of(model, device, flip=flip, thresholds=overrides))
     operating = float(load_thresholds()["confidence_threshold"])
     records: list[SeriesRecord] = []
     problems: list[str] = []
@@ -628,21 +627,23 @@ def run_evaluation(
     entries = [(case_dir, entry) for case_dir, truth in truths for entry in truth["series"]]
     for case_dir, entry in _Progress(len(entries), progress).each(entries):
         where = f"{case_dir.name}/{entry.get('folder', '?')}"
+        if "folder" not in entry:
+            problems.append(f"{where}: ground-truth series entry lacks 'folder'")
+            continue
+        outcome, result = detect_stage(case_dir / entry["folder"], detector)  # the one pipeline, no writing
+        if result is None:
+            problems.append(outcome.error)  # one line naming the file
+            continue
+        series = result.series
+        if entry.get("series_instance_uid") not in (None, series.series_instance_uid):
+            problems.append(f"{where}: series UID differs from the ground truth; skipped")
+            continue
+        detect_s = outcome.timings_s["detect"]
         try:
-            series = load_series(case_dir / entry["folder"])
-            if entry.get("series_instance_uid") not in (None, series.series_instance_uid):
-                problems.append(f"{where}: series UID differs from the ground truth; skipped")
-                continue
-            t0 = time.perf_counter()
-            result = detector.detect(series)
-            detect_s = time.perf_counter() - t0
             seg = case_dir / entry["seg"] if entry.get("seg") else None
             mask = read_truth_mask(seg, series) if seg is not None and seg.is_file() else None
         except BackmiceError as exc:
             problems.append(f"{where}: {exc.reason}")
-            continue
-        except KeyError as exc:
-            problems.append(f"{where}: ground-truth series entry lacks {exc}")
             continue
         record = evaluate_series(
             series, result.nodules, result.series_probability, entry, mask, case_dir.name

@@ -45,6 +45,10 @@ there are none), through the ``"series"`` calibration when given.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,23 +58,94 @@ import numpy as np
 from .errors import ConfigError, ModelError
 from .labels import BACKGROUND, DEFECT, FASCIA, FAT, MODEL_CLASSES, NODULE
 from .model.calibration import apply_calibration
+from .profiles import profile_for
 from .types import FasciaDefect, ImageSeries, NeedleTarget, Nodule, UltrasoundRegion
 
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "nodule_threshold": 0.5,  # nodule probability for a voxel to belong to an instance
-    "defect_threshold": 0.5,  # calibrated defect probability for FasciaDefect.present
-    "min_diameter_mm": 5.0,  # instances with a shorter longest diameter are dropped
-    "max_diameter_mm": 60.0,  # longer ones too: back mice are 1-3 cm, > 5 cm is referred as a lipoma
-    "max_aspect": 5.0,  # and those longer than 5x their second diameter (strips along the fascia)
-    "min_volume_mm3": 30.0,  # MR instances below this volume are dropped
-    "confidence_threshold": 0.0,  # nodules below this calibrated confidence are not reported
-    "min_area_px": 20.0,  # uncalibrated ultrasound: minimum key-frame area in pixels
-    "defect_band_mm": 5.0,  # band around the nodule's deep half searched for the defect class
+
+@dataclass(frozen=True)
+class Thresholds(Mapping[str, float]):
+    """The inference thresholds: a typed, frozen record (also a read-only mapping, ``thr["max_aspect"]``).
+
+    The field defaults are neutral (every candidate reported: ``confidence_threshold`` 0); the operating
+    point is ``configs/inference.yaml`` (:func:`load_thresholds`). Every way in
+    (:meth:`from_mapping`, :meth:`replace`, ``Detector(thresholds=...)``, the YAML, ``backmice evaluate
+    --threshold NAME=VALUE``) rejects an unknown name or a value that is not a finite number with a
+    one-line :class:`~backmice_vision.errors.ConfigError`.
+    """
+
+    nodule_threshold: float = 0.5  # nodule probability for a voxel to belong to an instance
+    defect_threshold: float = 0.5  # calibrated defect probability for FasciaDefect.present
+    min_diameter_mm: float = 5.0  # instances with a shorter longest diameter are dropped
+    max_diameter_mm: float = 60.0  # longer ones too: back mice are 1-3 cm, > 5 cm is referred as a lipoma
+    max_aspect: float = 5.0  # and those longer than 5x their second diameter (strips along the fascia)
+    min_volume_mm3: float = 30.0  # MR instances below this volume are dropped
+    confidence_threshold: float = 0.0  # nodules below this calibrated confidence are not reported
+    min_area_px: float = 20.0  # uncalibrated ultrasound: minimum key-frame area in pixels
+    defect_band_mm: float = 5.0  # band around the nodule's deep half searched for the defect class
     # anatomical plausibility: a back mouse lies in the subcutaneous fat, on or through the fascia
-    "min_fat_context": 0.35,  # share of a 2 mm ring around it the model calls fat, fascia, nodule or defect
-    "max_fascia_above": 0.5,  # US: share of its columns with fascia between the skin and its top
-    "min_cine_frames": 2.0,  # US: frames a track must span in a clip of 5 frames or more
-}
+    min_fat_context: float = 0.35  # share of a 2 mm ring around it the model calls fat/fascia/nodule/defect
+    max_fascia_above: float = 0.5  # US: share of its columns with fascia between the skin and its top
+    min_cine_frames: float = 2.0  # US: frames a track must span in a clip of 5 frames or more
+
+    def __post_init__(self) -> None:
+        for name in self:
+            object.__setattr__(self, name, _threshold_value(name, getattr(self, name), "thresholds"))
+
+    def __getitem__(self, name: str) -> float:
+        if name not in _THRESHOLD_NAMES:
+            raise KeyError(name)
+        return float(getattr(self, name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_THRESHOLD_NAMES)
+
+    def __len__(self) -> int:
+        return len(_THRESHOLD_NAMES)
+
+    @staticmethod
+    def check(given: Mapping[str, Any], source: str = "thresholds") -> dict[str, float]:
+        """``given`` as ``{name: float}``; ConfigError on an unknown name or a value that is no number."""
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of threshold names to numbers")
+        out = {}
+        for key, value in given.items():
+            name = str(key).strip()
+            if name not in _THRESHOLD_NAMES:
+                close = difflib.get_close_matches(name, _THRESHOLD_NAMES, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(_THRESHOLD_NAMES)
+                raise ConfigError(f"{source}: unknown threshold {name!r} ({hint})")
+            if value is not None:  # an empty YAML value keeps the base value
+                out[name] = _threshold_value(name, value, source)
+        return out
+
+    @classmethod
+    def from_mapping(
+        cls, given: Mapping[str, Any], source: str = "thresholds", base: Thresholds | None = None
+    ) -> Thresholds:
+        """``base`` (default: the neutral field defaults) with the values of ``given`` (checked)."""
+        if isinstance(given, Thresholds) and base is None:
+            return given
+        return dataclasses.replace(base or cls(), **cls.check(given, source))
+
+    def replace(self, overrides: Mapping[str, Any] | None = None, source: str = "thresholds") -> Thresholds:
+        """A copy with ``overrides`` (checked like :meth:`from_mapping`)."""
+        return self if not overrides else Thresholds.from_mapping(overrides, source, base=self)
+
+
+def _threshold_value(name: str, value: Any, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | np.number):
+        raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{source}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{source}: {name} must be a finite number, got {value!r}")
+    return number
+
+
+_THRESHOLD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Thresholds))
+DEFAULT_THRESHOLDS = Thresholds()  # the neutral record; the operating point is load_thresholds()
 _FASCIA_P = 0.5
 _DEFECT_P = 0.5
 _SEARCH_MM = 120.0  # longest skin / fascia search from a nodule centre
@@ -79,13 +154,13 @@ _POSTERIOR = np.array([0.0, 1.0, 0.0])  # +y in LPS: from the nodule towards the
 Calibration = dict[str, dict[str, Any]]
 
 
-def load_thresholds(path: str | Path | None = None) -> dict[str, float]:
-    """Inference thresholds: :data:`DEFAULT_THRESHOLDS` updated from a YAML file.
+def load_thresholds(path: str | Path | None = None) -> Thresholds:
+    """The operating point: :data:`DEFAULT_THRESHOLDS` updated from a YAML file.
 
-    ``path`` defaults to ``configs/inference.yaml`` of the source tree when it exists. Keys are read at the
-    top level or under ``thresholds:``; unknown keys are ignored.
+    ``path`` defaults to the shipped ``configs/inference.yaml``. Keys are read under
+    ``thresholds:`` (else at the top level); an unknown key is a :class:`ConfigError` naming the file.
     """
-    out = dict(DEFAULT_THRESHOLDS)
+    out = DEFAULT_THRESHOLDS
     cfg = (
         Path(path) if path is not None else Path(__file__).resolve().parents[1] / "configs" / "inference.yaml"
     )
@@ -105,15 +180,8 @@ def load_thresholds(path: str | Path | None = None) -> dict[str, float]:
     return _merge_thresholds(section if isinstance(section, dict) else {}, str(cfg))
 
 
-def _merge_thresholds(given: dict[str, Any], source: str = "thresholds") -> dict[str, float]:
-    out = dict(DEFAULT_THRESHOLDS)
-    for key in DEFAULT_THRESHOLDS:
-        if key in given and given[key] is not None:
-            try:
-                out[key] = float(given[key])
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{source}: {key} must be a number, got {given[key]!r}") from exc
-    return out
+def _merge_thresholds(given: Mapping[str, Any], source: str = "thresholds") -> Thresholds:
+    return Thresholds.from_mapping(given, source)
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -137,7 +205,7 @@ def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int
     """
     from scipy import ndimage
 
-    if series.modality != "US":
+    if profile_for(series.modality).is_volume:
         labels, n = ndimage.label(mask, structure=_tracking_structure())
         return labels.astype(np.int32, copy=False), int(n)
     labels = np.zeros(mask.shape, dtype=np.int32)
@@ -277,7 +345,7 @@ def extract_nodules(
     probabilities: np.ndarray,
     *,
     calibration: Calibration | None = None,
-    thresholds: dict[str, Any] | None = None,
+    thresholds: Mapping[str, Any] | None = None,
 ) -> tuple[list[Nodule], float]:
     """Find nodule instances in class probabilities and measure them.
 
@@ -290,8 +358,9 @@ def extract_nodules(
     calibration : dict, optional
         ``{"nodule": params, "defect": params, "series": params}`` for
         :func:`backmice_vision.model.calibration.apply_calibration`; a missing entry is the identity.
-    thresholds : dict, optional
-        Overrides of :data:`DEFAULT_THRESHOLDS`; ``None`` reads ``configs/inference.yaml``.
+    thresholds : Thresholds or mapping, optional
+        A :class:`Thresholds`, or values replacing those of :data:`DEFAULT_THRESHOLDS` (an unknown name
+        is a :class:`ConfigError`); ``None`` reads ``configs/inference.yaml``.
 
     Returns
     -------
@@ -300,13 +369,13 @@ def extract_nodules(
     series_probability : float
         Probability that the series shows at least one back mouse (see the module docstring).
     """
-    thr = load_thresholds() if thresholds is None else _merge_thresholds(thresholds)
+    thr = dict(load_thresholds() if thresholds is None else _merge_thresholds(thresholds))
     cal = calibration or {}
     probs = np.asarray(probabilities)
     expected = (len(MODEL_CLASSES), *series.shape)
     if probs.shape != expected:
         raise ModelError(f"probability map has shape {probs.shape}, expected {expected} for this series")
-    if series.modality == "MR":
+    if profile_for(series.modality).is_volume:
         found = _mr_instances(series, probs, thr, cal)
     else:
         found = _us_instances(series, probs, thr, cal)
@@ -720,7 +789,7 @@ def _pred_position(pred: Nodule, frame: int) -> np.ndarray | None:
 
 def _distance_mm(pred: Nodule, truth: dict[str, Any], series: ImageSeries) -> float | None:
     tv = np.asarray(truth["center_voxel"], dtype=np.float64)
-    if series.modality == "MR":
+    if profile_for(series.modality).is_volume:
         tp = truth.get("center_patient_mm")
         if pred.center_patient_mm is not None and tp is not None:
             return float(

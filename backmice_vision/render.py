@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import BackmiceError
+from .profiles import profile_for
 
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw, ImageFont
@@ -68,7 +69,7 @@ def overlay_frames(result: DetectionResult) -> list[int]:
     image with a finding, but of a cine clip (one multi-frame instance) only each nodule's key frame, since
     its other frames are near-duplicates."""
     frames = finding_frames(result)
-    if result.series.modality != "US":
+    if profile_for(result.series.modality).is_volume:
         return frames
     uids = [src.sop_instance_uid for src in result.series.sources]
     keys = set(key_frames(result))
@@ -101,7 +102,7 @@ def _base_rgb(result: DetectionResult, k: int) -> np.ndarray:
 def _col_spacing_mm(result: DetectionResult, nodule: Nodule | None = None) -> float | None:
     """Column spacing (mm per pixel) of the frame: MR series spacing, or the (nodule's) US region."""
     series = result.series
-    if series.modality == "MR":
+    if profile_for(series.modality).is_volume:
         return None if series.spacing_mm is None else float(series.spacing_mm[2])
     regions = [r for r in series.regions if r.spacing_mm is not None]
     if nodule is not None and nodule.region_index is not None:

@@ -246,21 +246,20 @@ def _series_files(folder: Path) -> list[Path]:
 def _ours_once(
     folder: Path, detector: Any, out_dir: Path, formats: list[str]
 ) -> tuple[dict[str, float], Any]:
-    """Our pipeline on ``folder``: seconds per stage plus ``total``, and the result."""
-    from backmice_vision.io import load_series
+    """Our pipeline (:mod:`backmice_vision.pipeline`, as every entry point runs it) on ``folder``: seconds
+    per stage plus ``total``, and the result."""
+    from backmice_vision.pipeline import detect_stage, write_stage
 
-    t0 = time.perf_counter()
-    series = load_series(folder)
-    t1 = time.perf_counter()
-    result = detector.detect(series)
-    t2 = time.perf_counter()
     shutil.rmtree(out_dir, ignore_errors=True)
-    result.save(out_dir, formats=formats)
-    t3 = time.perf_counter()
-    stages = {"decode": t1 - t0, "write": t3 - t2, "total": t3 - t0}
+    outcome, result = detect_stage(folder, detector)
+    outcome = write_stage(outcome, result, out_dir, formats)
+    if result is None or not outcome.ok:
+        raise BackmiceError(outcome.error)
+    t = outcome.timings_s
+    stages = {"decode": t["load"], "write": t["write"], "total": t["total"]}
     for key in ("preprocess", "model", "postprocess"):
-        stages[key] = float(result.timings_s.get(key, 0.0))
-    stages["other"] = max(0.0, (t2 - t1) - sum(stages[k] for k in ("preprocess", "model", "postprocess")))
+        stages[key] = float(t.get(key, 0.0))
+    stages["other"] = max(0.0, t["detect"] - sum(stages[k] for k in ("preprocess", "model", "postprocess")))
     return stages, result
 
 
@@ -490,11 +489,11 @@ def measure_series(
     if threads > 0:
         torch.set_num_threads(threads)
     from backmice_vision.findings import extract_nodules
-    from backmice_vision.model.detector import Detector
+    from backmice_vision.pipeline import DetectorSpec, get_detector
 
     modality = str(pydicom.dcmread(_series_files(folder)[0], stop_before_pixels=True).Modality)
     t0 = time.perf_counter()
-    detector = Detector.from_pretrained(device="cpu")
+    detector = get_detector(DetectorSpec.of(device="cpu"))  # a fresh process: built here
     bundle = detector.bundle_for(modality)
     model_load = time.perf_counter() - t0
     out_root = Path(tempfile.mkdtemp(prefix="backmice_bench_out_"))

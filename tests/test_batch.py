@@ -129,7 +129,7 @@ def test_resume_redoes_series_when_formats_or_thresholds_change(
     assert run(["json"]) == ["skipped", "skipped"]
     assert run(["json", "seg"]) == ["done", "done"]  # SEGs asked for now: redone, not trusted
     assert all((tmp_path / k / "seg.dcm").is_file() for k in read_manifest(tmp_path))
-    changed = {**findings.DEFAULT_THRESHOLDS, "confidence_threshold": 0.99}
+    changed = findings.DEFAULT_THRESHOLDS.replace({"confidence_threshold": 0.99})
     monkeypatch.setattr(findings, "load_thresholds", lambda path=None: changed)
     assert run(["json", "seg"]) == ["done", "done"]  # other thresholds, other findings: redone
 

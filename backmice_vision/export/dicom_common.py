@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackmiceError, InvalidDicom
+from ..errors import BackmiceError, InvalidDicom, UnsupportedSeries
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -144,7 +144,9 @@ def sanitised(ds: Dataset, modality: str, path: str | None = None) -> Dataset:
             raise InvalidDicom(f"{keyword} is not a valid UID: the outputs could not reference it", path)
     if str(out.get("SOPClassUID", "")) not in get_sop_class_iod_map():
         multiframe = "PerFrameFunctionalGroupsSequence" in out or int(out.get("NumberOfFrames", 1) or 1) > 1
-        storage = _STORAGE.get((modality, multiframe), _STORAGE[("US", multiframe)])
+        storage = _STORAGE.get((str(modality), multiframe))
+        if storage is None:  # never the ultrasound class by default
+            raise UnsupportedSeries(f"no storage class for modality {modality} to reference", path)
         out["SOPClassUID"] = DataElement(0x00080016, "UI", storage)  # a new element: ``ds`` keeps its own
     return out
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..profiles import profile_for
 from .dicom_common import (
     MANUFACTURER,
     SERIES_DESCRIPTIONS,
@@ -101,7 +102,7 @@ def key_frame_geometry(result: DetectionResult, nodule: Nodule) -> KeyFrameGeome
 def _frame_spacing_mm(result: DetectionResult, nodule: Nodule) -> tuple[float, float] | None:
     """(row, column) pixel spacing in mm where ``nodule`` lies: its US region's, MR's in-plane."""
     series = result.series
-    if series.modality == "US":
+    if not profile_for(series.modality).is_volume:
         regions = [r for r in series.regions if r.index == nodule.region_index]
         return regions[0].spacing_mm if regions else None
     if series.spacing_mm is None:

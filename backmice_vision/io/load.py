@@ -13,11 +13,11 @@ from pydicom import dcmread
 from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless
 
 from ..errors import BackmiceError, InconsistentSeries, InvalidDicom, UnsupportedSeries
+from ..profiles import profile_for
 from ..types import FrameSource, ImageSeries, SeriesRef
-from .mr import plan_mr
 from .plan import Plan
-from .reader import ANALYSED_MODALITIES, Instance, group_instances, guarded, read_header, scan_folder
-from .us import YBR_FULL, is_colour, luma, plan_us, to_rgb8, ybr_full_to_rgb8
+from .reader import Instance, group_instances, guarded, read_header, scan_folder
+from .us import YBR_FULL, is_colour, luma, to_rgb8, ybr_full_to_rgb8
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # Decoder plugins tried in order ("" = every installed plugin in pydicom's order). 8-bit lossy JPEG:
@@ -82,9 +82,7 @@ def _select_series(src: Source) -> tuple[list[Instance], list[str]]:
     if len(modalities) > 1:
         counts = ", ".join(f"{m} ×{n}" for m, n in sorted(modalities.items()))
         raise InconsistentSeries(f"mixed modalities in one series ({counts})", where)
-    modality = images[0].modality
-    if modality not in ANALYSED_MODALITIES:
-        raise UnsupportedSeries(f"modality {modality} is not analysed (MR and US only)", where)
+    profile_for(images[0].modality, where)  # an unknown modality is an error here, before any decoding
     # The same SOP instance in two files: keep one copy.
     unique = {i.sop_uid: i for i in reversed(images)}
     if len(unique) < len(images):
@@ -96,7 +94,7 @@ def _select_series(src: Source) -> tuple[list[Instance], list[str]]:
 def plan_series(src: Source) -> Plan:
     """Headers-only plan of what :func:`load_series` returns (order, geometry, regions, problems)."""
     instances, problems = _select_series(src)
-    plan = plan_mr(instances) if instances[0].modality == "MR" else plan_us(instances)
+    plan = profile_for(instances[0].modality, instances[0].path).plan(instances)
     plan.problems = problems + plan.problems
     return plan
 
@@ -241,8 +239,9 @@ def load_series(src: Source, *, max_bytes: int = DEFAULT_MAX_BYTES, region: int 
     plan = plan_series(src)
     _check_size(plan, max_bytes)
     regions = plan.regions
+    profile = profile_for(plan.modality)
     if region is not None:
-        if plan.modality != "US" or not 0 <= region < len(regions):
+        if profile.geometry != "regions" or not 0 <= region < len(regions):
             raise UnsupportedSeries(f"no ultrasound region {region}", plan.frames[0].inst.path)
         regions = [regions[region]]
 
@@ -295,7 +294,7 @@ def load_series(src: Source, *, max_bytes: int = DEFAULT_MAX_BYTES, region: int 
         series_instance_uid=first.series_uid,
         affine=plan.affine,
         regions=regions,
-        frame_of_reference_uid=for_uid if plan.modality == "MR" else None,
+        frame_of_reference_uid=for_uid if profile.is_volume else None,
         rgb=rgb,
         header=_header(datasets[0], first, plan),
         datasets=datasets,

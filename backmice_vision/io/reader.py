@@ -31,9 +31,10 @@ from pydicom.uid import (
 )
 
 from ..errors import BackmiceError, InvalidDicom
+from ..profiles import MODALITIES
 from ..types import SeriesRef
 
-ANALYSED_MODALITIES = ("MR", "US")
+ANALYSED_MODALITIES = MODALITIES  # those with a profile (backmice_vision.profiles)
 _CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
 _LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"UC", b"UR", b"SQ", b"SV", b"UV")
 MAX_INFLATED_BYTES = 256 * 2**20  # no image stored deflated is larger; a bomb would inflate without end

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from ..labels import MODEL_CLASSES
+from ..profiles import PROFILES
 from .inference import Preprocessing
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 INTENDED_USE = "research, not diagnosis; trained on synthetic phantoms"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_NAMES = {"US": "backmice_us", "MR": "backmice_mr"}
+DEFAULT_NAMES = {m: p.bundle for m, p in PROFILES.items()}  # the shipped bundle of each modality profile
 # The MONAI bundle layout, relative to the bundle folder.
 METADATA = Path("configs/metadata.json")
 INFERENCE = Path("configs/inference.json")

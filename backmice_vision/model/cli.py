@@ -9,16 +9,19 @@ import sys
 
 
 def run_detect(ns: argparse.Namespace) -> int:
-    from ..io import load_series
-    from .detector import Detector
+    from ..export import check_formats
+    from ..pipeline import DetectorSpec, detect_stage, get_detector, write_stage
 
-    series = load_series(ns.path)
-    detector = Detector.from_pretrained(ns.model, ns.device, config=ns.config)
-    result = detector.detect(series)
     formats = None if ns.formats == "all" else [f.strip() for f in ns.formats.split(",") if f.strip()]
-    written = result.save(ns.out, formats)
+    check_formats(formats)  # usage errors (exit 2) before any work
+    detector = get_detector(DetectorSpec.of(ns.model, ns.device, config=ns.config))
+    outcome, result = detect_stage(ns.path, detector)
+    outcome = write_stage(outcome, result, ns.out, formats)
+    if result is None or not outcome.ok:
+        print(f"backmice: error: {outcome.error}", file=sys.stderr)
+        return 1
     print(
-        f"{series.modality} series {series.shape}: {len(result.nodules)} nodule(s), "
+        f"{outcome.modality} series {result.series.shape}: {len(result.nodules)} nodule(s), "
         f"series probability {result.series_probability:.3f}"
     )
     for n in result.nodules:
@@ -28,8 +31,8 @@ def run_detect(ns: argparse.Namespace) -> int:
             f"  nodule {n.id}: confidence {n.confidence:.2f}, longest diameter {d}, depth {depth}, "
             f"fascial defect p={n.fascia_defect.probability:.2f}"
         )
-    for kind, paths in written.items():
-        print(f"  {kind}: {', '.join(str(p) for p in paths)}")
+    for kind, paths in outcome.outputs.items():
+        print(f"  {kind}: {', '.join(paths)}")
     return 0
 
 
@@ -49,6 +52,7 @@ def run_evaluate(ns: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..evaluation import run_evaluation
+    from ..findings import Thresholds
 
     overrides: dict[str, float] = {}
     for item in getattr(ns, "threshold", []) or []:
@@ -57,6 +61,7 @@ def run_evaluate(ns: argparse.Namespace) -> int:
             overrides[name.strip()] = float(value)
         except ValueError:
             raise ConfigError(f"--threshold expects NAME=NUMBER, got {item!r}") from None
+    overrides = Thresholds.check(overrides, "--threshold")  # a misspelt name is a usage error (exit 2)
     report = run_evaluation(list(ns.data), ns.out, ns.model, ns.device, flip=ns.flip, thresholds=overrides)
     print(json.dumps({k: report[k] for k in ("n_cases", "n_series") if k in report}))
     for problem in report.get("problems", []):

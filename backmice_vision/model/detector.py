@@ -14,6 +14,7 @@ alone 1.1-1.4× faster than torch (batches of 8 tiles), :meth:`Detector.probabil
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,10 +22,12 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..labels import NODULE
+from ..profiles import profile_for
 from ..types import DetectionResult, ImageSeries
 from .bundle import Bundle, default_bundle_dir, load_bundle
 
 if TYPE_CHECKING:
+    from ..findings import Thresholds
     from .export import OnnxNetwork
 
 
@@ -41,7 +44,7 @@ class Detector:
         model: str | Path | None = None,
         device: str = "auto",
         *,
-        thresholds: dict[str, float] | None = None,
+        thresholds: Mapping[str, float] | None = None,
         config: str | Path | None = None,
         flip: bool = False,
         backend: Literal["torch", "onnxruntime"] = "torch",
@@ -63,8 +66,13 @@ class Detector:
         self._onnx: dict[str, OnnxNetwork] = {}
         self.model_dir = None if model is None else Path(model)
         self.flip = flip
+        from ..findings import Thresholds, load_thresholds
+
         self._config = config
-        self._thresholds = thresholds
+        load_thresholds(config)  # a missing file or an unknown name fails now, not at the first series
+        # a typo in a name is a ConfigError here, never silently ignored
+        checked = None if thresholds is None else Thresholds.check(thresholds, "Detector(thresholds=...)")
+        self._thresholds = checked
         self._bundles: dict[str, Bundle] = {}
         if self.model_dir is not None:  # an explicit model must exist: fail now, not at the first series
             bundle = load_bundle(self.model_dir, device=self.device)
@@ -78,13 +86,17 @@ class Detector:
         return cls(model, device, **kwargs)
 
     @property
-    def thresholds(self) -> dict[str, float]:
+    def thresholds(self) -> Thresholds:
+        """The operating point (``config``, default ``configs/inference.yaml``) with the ``thresholds``
+        given to the constructor."""
         from ..findings import load_thresholds
 
-        return {**load_thresholds(self._config), **{k: float(v) for k, v in (self._thresholds or {}).items()}}
+        return load_thresholds(self._config).replace(self._thresholds)
 
     def bundle_for(self, modality: str) -> Bundle:
-        """The bundle for ``modality`` (loaded on first use)."""
+        """The bundle for ``modality`` (loaded on first use); :class:`UnsupportedSeries` for a modality
+        without a profile (:mod:`backmice_vision.profiles`)."""
+        modality = profile_for(modality).modality
         if modality not in self._bundles:
             if self.model_dir is not None:
                 only = next(iter(self._bundles.values()))
@@ -135,12 +147,16 @@ class Detector:
             model_id=bundle.model_id,
             model_version=bundle.version,
             timings_s={k: round(v, 4) for k, v in timings.items()},
-            thresholds=thresholds,
+            thresholds=dict(thresholds),
         )
 
 
 def detect(path: str | Path, **kwargs: Any) -> DetectionResult:
-    """Load the series at ``path`` and detect with the shipped models (``kwargs`` go to :class:`Detector`)."""
+    """Load the series at ``path`` and detect (``kwargs`` as for :meth:`DetectorSpec.of
+    <backmice_vision.pipeline.DetectorSpec.of>`: model, device, config, thresholds, flip, backend), with the
+    detector of this process's cache; raises the :class:`~backmice_vision.errors.BackmiceError` of a bad
+    series (:func:`backmice_vision.run_series` returns it as a failed outcome instead)."""
     from ..io import load_series
+    from ..pipeline import DetectorSpec, get_detector
 
-    return Detector.from_pretrained(**kwargs).detect(load_series(path))
+    return get_detector(DetectorSpec.of(**kwargs)).detect(load_series(path))

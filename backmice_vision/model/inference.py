@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..labels import BACKGROUND, MODEL_CLASSES
+from ..profiles import PROFILES, profile_for
 from ..types import ImageSeries
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Preprocessing:
 
     @property
     def in_channels(self) -> int:
-        return 1 if self.modality == "US" else 2 * self.context + 1
+        return 2 * self.context + 1 if profile_for(self.modality).is_volume else 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -69,7 +70,7 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         try:
             modality = str(d["modality"]).upper()
-            if modality not in ("US", "MR"):
+            if modality not in PROFILES:
                 raise ValueError(f"modality {modality!r}")
             return cls(
                 modality=modality,
@@ -86,8 +87,8 @@ class Preprocessing:
             raise ModelError(f"invalid preprocessing description ({exc})") from exc
 
 
-DEFAULT_US = Preprocessing("US", spacing_mm=0.2, percentiles=(1.0, 99.0))
-DEFAULT_MR = Preprocessing("MR", spacing_mm=0.9, percentiles=(0.5, 99.5))
+DEFAULT_US = PROFILES["US"].default_preprocessing()  # spacing 0.2 mm, percentiles 1 and 99
+DEFAULT_MR = PROFILES["MR"].default_preprocessing()  # spacing 0.9 mm, percentiles 0.5 and 99.5
 
 
 @dataclass
@@ -169,9 +170,9 @@ def make_tiles(series: ImageSeries, prep: Preprocessing, frames: list[int] | Non
         raise ModelError(f"model expects {prep.modality} input, the series is {series.modality}")
     n = series.shape[0]
     ks = list(range(n)) if frames is None else [k for k in frames if 0 <= k < n]
-    if series.modality == "US":
-        return _us_tiles(series, prep, ks)
-    return _mr_tiles(series, prep, ks)
+    if profile_for(series.modality).is_volume:
+        return _mr_tiles(series, prep, ks)
+    return _us_tiles(series, prep, ks)
 
 
 def _us_tiles(series: ImageSeries, prep: Preprocessing, ks: list[int]) -> list[Tile]:

@@ -467,7 +467,7 @@ def fit_detection_calibration(
     from .calibration import expected_calibration_error, fit_calibration
     from .inference import predict_probabilities
 
-    thresholds = load_thresholds()
+    thresholds = dict(load_thresholds())
     scores: dict[str, list[tuple[float, int]]] = {"nodule": [], "defect": [], "series": []}
     n = 0
     for series, truth in _calibration_cases(val_sources, prep.modality, thresholds, log):

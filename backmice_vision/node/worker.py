@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackmiceError, InvalidDicom, UnsupportedSeries
+from ..pipeline import FAILURES, DetectorSpec, error_line, get_detector, run_series
 
 PASSTHROUGH_VERSION = "passthrough-sc/1"
 _DICOM_SUFFIXES = {"seg": "seg", "sr": "sr", "sc": "sc"}
@@ -49,17 +50,10 @@ class PipelineSettings:
 
 ProcessFn = Callable[[Path, Path, PipelineSettings], list[Path]]
 
-_DETECTOR: Any = None
 
-
-def _detector(settings: PipelineSettings) -> Any:
-    """The detector of this worker process, loaded once."""
-    global _DETECTOR
-    if _DETECTOR is None:
-        from ..model.detector import Detector
-
-        _DETECTOR = Detector.from_pretrained(settings.model, device=settings.device)
-    return _DETECTOR
+def _detector_spec(settings: PipelineSettings) -> DetectorSpec:
+    """The detector of this worker process: :func:`backmice_vision.pipeline.get_detector` loads it once."""
+    return DetectorSpec.of(settings.model, settings.device)
 
 
 def series_files(input_dir: Path) -> list[Path]:
@@ -118,13 +112,13 @@ def assign_deterministic_uids(
 
 
 def _detector_pipeline(input_dir: Path, output_dir: Path, settings: PipelineSettings) -> list[Path]:
-    from ..io import load_series
-
-    series = load_series(input_dir)
-    result = _detector(settings).detect(series)
-    written = result.save(output_dir, formats=list(settings.outputs))
+    """:func:`backmice_vision.pipeline.run_series`; its failure is raised as its one-line message."""
+    outcome = run_series(input_dir, _detector_spec(settings), output_dir, list(settings.outputs))
+    if not outcome.ok:
+        raise BackmiceError(outcome.error)
+    written = outcome.outputs
     dicom = {k: [Path(p) for p in v] for k, v in written.items() if k in _DICOM_SUFFIXES and v}
-    assign_deterministic_uids(dicom, series.series_instance_uid, f"{result.model_id}:{result.model_version}")
+    assign_deterministic_uids(dicom, outcome.series_instance_uid, outcome.model)
     return sorted(p for v in dicom.values() for p in v)
 
 
@@ -248,8 +242,8 @@ def init_worker(settings: PipelineSettings, parent_pid: int) -> None:
 
         torch.set_num_threads(max(1, settings.threads))
         # An initializer error would break the pool: run_job reports a failed model load per series instead.
-        with contextlib.suppress(BackmiceError, ImportError, OSError, RuntimeError):
-            _detector(settings)
+        with contextlib.suppress(ImportError, *FAILURES):
+            get_detector(_detector_spec(settings))
 
 
 def run_job(input_dir: str, output_dir: str, settings: PipelineSettings) -> tuple[list[str], str]:
@@ -257,7 +251,7 @@ def run_job(input_dir: str, output_dir: str, settings: PipelineSettings) -> tupl
     try:
         paths = process_series(Path(input_dir), Path(output_dir), settings)
         return [str(p) for p in paths], ""
-    except BackmiceError as exc:
-        return [], str(exc)
-    except (ImportError, OSError, ValueError, RuntimeError, MemoryError, AttributeError, KeyError) as exc:
-        return [], f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    except FAILURES as exc:  # the pipeline's error policy (backmice_vision.pipeline)
+        return [], error_line(exc)
+    except (ImportError, AttributeError, KeyError) as exc:  # a "package.module:function" pipeline's own
+        return [], error_line(exc)
