@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
 EVAL_DIR := build/eval
 
-.PHONY: demo test lint venv clean gallery evaluate evaluate-sets compare
+.PHONY: demo test lint venv clean gallery evaluate evaluate-sets compare wheel-check
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+# The wheel as a user installs it: a fresh venv outside the repository, a US phantom, backmice detect.
+wheel-check:
+	PYTHON=$(PYTHON) bash scripts/check_wheel.sh
 
 gallery: $(STAMP)
 	$(PY) scripts/gallery.py --out docs/gallery

@@ -59,6 +59,7 @@ from .errors import ConfigError, ModelError
 from .labels import BACKGROUND, DEFECT, FASCIA, FAT, MODEL_CLASSES, NODULE
 from .model.calibration import apply_calibration
 from .profiles import profile_for
+from .resources import config_path
 from .types import FasciaDefect, ImageSeries, NeedleTarget, Nodule, UltrasoundRegion
 
 
@@ -161,9 +162,7 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
     ``thresholds:`` (else at the top level); an unknown key is a :class:`ConfigError` naming the file.
     """
     out = DEFAULT_THRESHOLDS
-    cfg = (
-        Path(path) if path is not None else Path(__file__).resolve().parents[1] / "configs" / "inference.yaml"
-    )
+    cfg = Path(path) if path is not None else config_path("inference.yaml")
     if not cfg.is_file():
         if path is not None:
             raise ConfigError("threshold file not found", cfg)

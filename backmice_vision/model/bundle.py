@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelError
 from ..labels import MODEL_CLASSES
 from ..profiles import PROFILES
+from ..resources import models_dir
 from .inference import Preprocessing
 
 if TYPE_CHECKING:
     import torch
 
 INTENDED_USE = "research, not diagnosis; trained on synthetic phantoms"
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+MODELS_DIR = models_dir()
 DEFAULT_NAMES = {m: p.bundle for m, p in PROFILES.items()}  # the shipped bundle of each modality profile
 # The MONAI bundle layout, relative to the bundle folder.
 METADATA = Path("configs/metadata.json")
@@ -370,7 +371,7 @@ def run_bundle(
 
 
 def default_bundle_dir(modality: str) -> Path:
-    """``models/backmice_us`` or ``models/backmice_mr`` of the source tree."""
+    """The shipped bundle of a modality: ``models/backmice_us`` or ``models/backmice_mr``."""
     name = DEFAULT_NAMES.get(modality.upper())
     if name is None:
         raise ModelError(f"no model for modality {modality!r}")

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..resources import configs_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = configs_dir()
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The shipped configs (package data: see ``backmice_vision.resources``)."""
