@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackmiceError, ConfigError, InvalidDicom
+from .errors import BackmiceError, ConfigError
 from .findings import load_thresholds, match_nodules, nodule_dice, nodule_full_mask
 from .types import ImageSeries, Nodule
 
@@ -188,46 +188,12 @@ def truth_from_labels(
 
 
 def read_truth_mask(seg_path: Path, series: ImageSeries, segment: str = "nodule") -> np.ndarray:
-    """The ``segment`` of a DICOM SEG as bool ``(n, rows, cols)`` on the series' source grid.
+    """The ``segment`` of a DICOM SEG as bool ``(n, rows, cols)`` on the series' source grid (all False
+    when the SEG has no such segment); read by :func:`backmice_vision.io.seg.read_seg`."""
+    from .io.seg import read_seg
 
-    SEG frames are placed through their referenced source SOP Instance UID and frame number
-    (DerivationImageSequence), matched against ``series.sources``.
-    """
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(seg_path)
-        number = next(
-            (int(s.SegmentNumber) for s in ds.SegmentSequence if str(s.SegmentLabel).lower() == segment), None
-        )
-        frames = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types on bad files
-        raise InvalidDicom(f"cannot read the SEG ({type(exc).__name__})", seg_path) from exc
-    out = np.zeros(series.shape, dtype=bool)
-    if number is None:
-        return out
-    if frames.ndim == 2:
-        frames = frames[None]
-    if frames.shape[1:] != series.shape[1:]:
-        raise InvalidDicom(f"SEG frames are {frames.shape[1:]}, the series {series.shape[1:]}", seg_path)
-    where = {(s.sop_instance_uid, int(s.frame_number)): k for k, s in enumerate(series.sources)}
-    for f, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        if int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
-            continue
-        try:
-            src = fg.DerivationImageSequence[0].SourceImageSequence[0]
-        except (AttributeError, IndexError) as exc:
-            raise InvalidDicom(f"SEG frame {f + 1} names no source image", seg_path) from exc
-        numbers = getattr(src, "ReferencedFrameNumber", 1)
-        numbers = (
-            list(numbers) if isinstance(numbers, Iterable) and not isinstance(numbers, str) else [numbers]
-        )
-        for fn in numbers:
-            k = where.get((str(src.ReferencedSOPInstanceUID), int(fn)))
-            if k is None:
-                raise InvalidDicom(f"SEG frame {f + 1} references an image outside the series", seg_path)
-            out[k] |= frames[f] > 0
-    return out
+    mask = read_seg(seg_path, series, [segment]).get(segment.lower())
+    return np.zeros(series.shape, dtype=bool) if mask is None else mask
 
 
 def split_truth_instances(

@@ -64,51 +64,15 @@ def _class_map(segment_map: dict[str, str] | None) -> dict[str, int]:
 def read_seg_labels(seg_path: Path, series: ImageSeries, class_of: dict[str, int]) -> np.ndarray:
     """Class label map uint8 ``(n, rows, cols)`` on the series' grid from a DICOM SEG.
 
-    SEG frames are placed through DerivationImageSequence → SourceImageSequence (referenced SOP instance
-    and frame number) matched against ``series.sources``. BINARY and FRACTIONAL (> half of the maximum)
-    segmentations are read.
+    Segments map to classes by lower-case SegmentLabel through ``class_of`` (others are ignored); the
+    SEG is read by :func:`backmice_vision.io.seg.read_seg` (BINARY, FRACTIONAL and LABELMAP).
     """
-    import pydicom
+    from ..io.seg import read_seg
 
-    try:
-        ds = pydicom.dcmread(seg_path)
-        seg_class = {
-            int(s.SegmentNumber): class_of.get(str(s.SegmentLabel).lower(), 0) for s in ds.SegmentSequence
-        }
-        frames = ds.pixel_array
-        fractional = str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
-        top = float(ds.get("MaximumFractionalValue", 255)) if fractional else 0.0
-        groups = ds.PerFrameFunctionalGroupsSequence
-    except Exception as exc:  # pydicom raises many types on bad files
-        raise InvalidDicom(f"cannot read the SEG ({type(exc).__name__})", seg_path) from exc
-    if frames.ndim == 2:
-        frames = frames[None]
-    if frames.shape[1:] != series.shape[1:]:
-        raise InvalidDicom(f"SEG frames are {frames.shape[1:]}, the series {series.shape[1:]}", seg_path)
-    where = {(s.sop_instance_uid, int(s.frame_number)): k for k, s in enumerate(series.sources)}
+    classes = {label.lower(): cls for label, cls in class_of.items() if cls}
     out = np.zeros(series.shape, dtype=np.uint8)
-    placed = []
-    for f, fg in enumerate(groups):
-        try:
-            cls = seg_class.get(int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber), 0)
-            src = fg.DerivationImageSequence[0].SourceImageSequence[0]
-            numbers = src.get("ReferencedFrameNumber", 1)
-        except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise InvalidDicom(f"SEG frame {f + 1} names no segment or source image", seg_path) from exc
-        if cls == 0:
-            continue
-        nums = [
-            int(x)
-            for x in (numbers if isinstance(numbers, (list, pydicom.multival.MultiValue)) else [numbers])
-        ]
-        for fn in nums:
-            k = where.get((str(src.ReferencedSOPInstanceUID), fn))
-            if k is None:
-                raise InvalidDicom(f"SEG frame {f + 1} references an image outside the series", seg_path)
-            mask = frames[f] > (0.5 * top if fractional else 0)
-            placed.append((cls, k, mask))
-    for cls, k, mask in sorted(placed, key=lambda t: t[0]):  # higher class wins on overlap
-        out[k][mask] = cls
+    for label, mask in sorted(read_seg(seg_path, series, classes).items(), key=lambda kv: classes[kv[0]]):
+        out[mask] = classes[label]  # higher class wins on overlap
     return out
 
 
