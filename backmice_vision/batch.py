@@ -502,7 +502,7 @@ def run_batch(
     start = time.perf_counter()
     plan = plan_jobs(input_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from .export.dicom_common import remove_stale_temporaries
+    from .fileio import remove_stale_temporaries
 
     remove_stale_temporaries(out_dir)  # of summary.csv and index.html, if a run was killed writing them
     tag = run_tag(model, formats)
@@ -596,7 +596,7 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
         writer.writerow([Path(p).name, "", "failed", "", "", "", "", "", "", "", "", "", reason])
     for name, reason in report.ignored_rows:
         writer.writerow([name, "", "ignored", "", "", "", "", "", "", "", "", "", reason])
-    from .export.dicom_common import write_text_atomic
+    from .fileio import write_text_atomic
 
     write_text_atomic(buf.getvalue(), path)
 
@@ -626,8 +626,8 @@ def run_settings(
 
 def write_index_html(report: BatchReport, path: Path) -> None:
     """The review page (:mod:`backmice_vision.export.review`), written atomically."""
-    from .export.dicom_common import write_text_atomic
     from .export.review import review_page
+    from .fileio import write_text_atomic
 
     write_text_atomic(review_page(report, path.parent), path)
 

@@ -35,6 +35,7 @@ from .errors import BackmiceError
 from .types import SeriesRef
 
 if TYPE_CHECKING:
+    from .export import ResultUIDs
     from .model.detector import Detector
     from .types import DetectionResult
 
@@ -241,20 +242,23 @@ def write_stage(
     result: DetectionResult | None,
     out_dir: str | Path | None,
     formats: list[str] | None = None,
+    *,
+    uids: ResultUIDs | None = None,
 ) -> Outcome:
     """Write ``result``'s outputs to ``out_dir`` (nothing when ``None``) and complete ``outcome``: ``"ok"``,
-    or ``"failed"`` with the writer's one-line error. A failed detection passes through unchanged."""
+    or ``"failed"`` with the writer's one-line error. A failed detection passes through unchanged.
+    ``uids`` gives the DICOM outputs' Series/SOP Instance UIDs (new ones when ``None``)."""
     if result is None:
         return outcome
     start = time.perf_counter()
     outcome.stage = "write"
     try:
         if out_dir is not None:
-            from .export.dicom_common import remove_stale_temporaries
+            from .fileio import remove_stale_temporaries
 
             folder = Path(out_dir)
             remove_stale_temporaries(folder)  # what a killed earlier run left half-written
-            written = result.save(folder, formats)
+            written = result.save(folder, formats, uids=uids)
             outcome.outputs = {kind: [str(p) for p in paths] for kind, paths in written.items()}
     except FAILURES as exc:
         outcome.error = error_line(exc, out_dir)

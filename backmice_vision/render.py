@@ -408,7 +408,7 @@ def write_png(array: np.ndarray, path: Path) -> Path:
     releases the GIL, so PNGs can be written in a thread while other outputs are built."""
     from PIL import Image
 
-    from .export.dicom_common import write_text_atomic
+    from .fileio import write_text_atomic
 
     buf = io.BytesIO()
     # zlib level 1: 2.5x faster than Pillow's default 6 for 17 % more bytes (measured on an MR overlay)

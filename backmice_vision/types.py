@@ -22,9 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .export import ResultUIDs
 
 Modality = Literal["MR", "US"]
 
@@ -180,11 +183,14 @@ class DetectionResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
 
-    def save(self, out_dir: str | Path, formats: list[str] | None = None) -> dict[str, list[Path]]:
-        """Write the outputs (``png``, ``json``, ``seg``, ``sr``, ``sc`` by default; ``segprob`` if asked)."""
+    def save(
+        self, out_dir: str | Path, formats: list[str] | None = None, *, uids: ResultUIDs | None = None
+    ) -> dict[str, list[Path]]:
+        """Write the outputs (``png``, ``json``, ``seg``, ``sr``, ``sc`` by default; ``segprob`` if asked);
+        ``uids`` gives the DICOM outputs' Series/SOP Instance UIDs (:data:`.export.ResultUIDs`)."""
         from .export import save_result
 
-        return save_result(self, Path(out_dir), formats)
+        return save_result(self, Path(out_dir), formats, uids=uids)
 
     def overlay(self, k: int, scale: int | None = None) -> np.ndarray:
         """The overlay of frame or slice ``k`` as uint8 RGB ``(rows * scale, cols * scale, 3)``.

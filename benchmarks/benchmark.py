@@ -216,7 +216,7 @@ def make_inputs(data_dir: Path, worker_series: int, *, log: Any = None) -> dict[
     _write_mr(data_dir / "series", 1)
     _write_us(data_dir / "series")
     _write_mr(data_dir / "batch", worker_series)
-    from backmice_vision.export.dicom_common import write_text_atomic
+    from backmice_vision.fileio import write_text_atomic
 
     write_text_atomic(json.dumps(want) + "\n", marker)  # last: marks the inputs complete
     if log:
@@ -989,7 +989,7 @@ def run_bench(ns: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print_report(results)
     if ns.json:
-        from backmice_vision.export.dicom_common import write_text_atomic
+        from backmice_vision.fileio import write_text_atomic
 
         write_text_atomic(json.dumps(results, indent=2) + "\n", ns.json)
     return 0

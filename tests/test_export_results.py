@@ -52,10 +52,10 @@ def test_save_all_formats(tmp_path: Path, kind: str) -> None:
             ds = pydicom.dcmread(path)
             assert ds.StudyInstanceUID == series.study_instance_uid
             assert ds.PatientID == series.datasets[0].PatientID
-            assert ds.ContributingEquipmentSequence[-1].Manufacturer == "backmice_vision"
-            assert (
-                ds.ContributingEquipmentSequence[-1].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
-            )
+            # once, through highdicom's contributing_equipment (highdicom's own item stays last)
+            ours = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "backmice_vision"]
+            assert len(ours) == 1 and ours[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+            assert ds.ContributingEquipmentSequence[-1].ManufacturerModelName == "highdicom"
 
     # SC pixels are the overlay at source resolution; Laterality from the findings' side
     sc = pydicom.dcmread(written["sc"][0])
@@ -97,3 +97,34 @@ def test_no_findings_and_format_subset(tmp_path: Path) -> None:
     assert dciodvfy_errors(sc_paths[0]) == []
     with pytest.raises(ConfigError, match="unknown output format"):
         save_result(result, tmp_path / "x", ["pdf"])
+
+
+def test_given_uids_are_written_once_and_cited(tmp_path: Path) -> None:
+    """``uids`` names every DICOM output (the node's deterministic UIDs): no rewrite after writing."""
+    from pydicom.uid import generate_uid
+
+    def uids(kind: str, index: int) -> tuple[str, str]:
+        return (
+            str(generate_uid(entropy_srcs=["t", kind, "series"])),
+            str(generate_uid(entropy_srcs=["t", kind, str(index)])),
+        )
+
+    result = make_result(mr(tmp_path / "in"), 2)
+    written = save_result(result, tmp_path / "out", ["seg", "sr", "sc", "segprob"], uids=uids)
+    for kind in ("seg", "sr", "segprob"):
+        ds = pydicom.dcmread(written[kind][0])
+        assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == uids(kind, 0)
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    scs = sorted((pydicom.dcmread(p) for p in written["sc"]), key=lambda ds: int(ds.InstanceNumber))
+    assert [(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in scs] == [uids("sc", i) for i in range(3)]
+    sr = pydicom.dcmread(written["sr"][0])
+    cited = {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert uids("seg", 0)[1] in cited
+    assert dciodvfy_errors(written["sr"][0]) == []
+    again = save_result(result, tmp_path / "again", ["seg"], uids=uids)
+    assert pydicom.dcmread(again["seg"][0]).SOPInstanceUID == uids("seg", 0)[1]  # a rerun: the same instance

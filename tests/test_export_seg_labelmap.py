@@ -11,8 +11,8 @@ from export_factory import make_result, mr, us
 from test_export_seg import dciodvfy_errors
 
 from backmice_vision.errors import BackmiceError
-from backmice_vision.export.dicom_common import save_atomic
 from backmice_vision.export.seg import build_seg
+from backmice_vision.fileio import save_atomic
 
 LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from node_support import REPO, mr_series, write_node_config
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from backmice_vision.errors import ConfigError, InvalidDicom
 from backmice_vision.node.cli import print_status
@@ -20,7 +19,6 @@ from backmice_vision.node.config import load_config, parse_config
 from backmice_vision.node.journal import Journal
 from backmice_vision.node.worker import (
     PipelineSettings,
-    assign_deterministic_uids,
     deterministic_uids,
     process_series,
     run_job,
@@ -171,40 +169,23 @@ def test_deterministic_uids_stable_and_distinct() -> None:
     assert all(len(u) <= 64 for u in a)
 
 
-def _result_file(path: Path, study: str, referenced: tuple[str, str] | None = None) -> tuple[str, str]:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
-    ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid(), study
-    ds.InstanceNumber = 1
-    if referenced:
-        ref = Dataset()
-        ref.SeriesInstanceUID = referenced[0]
-        inst = Dataset()
-        inst.ReferencedSOPInstanceUID = referenced[1]
-        ref.ReferencedSOPSequence = [inst]
-        ds.CurrentRequestedProcedureEvidenceSequence = [ref]
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    return str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+def test_detector_pipeline_writes_its_results_once_under_deterministic_uids(tmp_path: Path) -> None:
+    from backmice_vision.pipeline import DetectorSpec, get_detector
 
-
-def test_assign_deterministic_uids_keeps_references(tmp_path: Path) -> None:
-    study = generate_uid()
-    seg_series, seg_sop = _result_file(tmp_path / "seg.dcm", study)
-    _result_file(tmp_path / "sr.dcm", study, referenced=(seg_series, seg_sop))
-    assign_deterministic_uids({"seg": [tmp_path / "seg.dcm"], "sr": [tmp_path / "sr.dcm"]}, "9.8.7", "m:2")
-    seg = pydicom.dcmread(tmp_path / "seg.dcm")
-    sr = pydicom.dcmread(tmp_path / "sr.dcm")
-    assert (seg.SeriesInstanceUID, seg.SOPInstanceUID) == deterministic_uids("9.8.7", "m:2", "seg", 0)
-    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == deterministic_uids("9.8.7", "m:2", "sr", 0)
-    assert seg.file_meta.MediaStorageSOPInstanceUID == seg.SOPInstanceUID
-    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
-    assert evidence.SeriesInstanceUID == seg.SeriesInstanceUID
-    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
-    assert seg.StudyInstanceUID == sr.StudyInstanceUID == study  # not a result UID: unchanged
+    series_uid = mr_series(tmp_path / "in", "PT-D", slices=3)
+    settings = PipelineSettings(pipeline="detector")
+    runs = [process_series(tmp_path / "in", tmp_path / name, settings) for name in ("a", "b")]
+    bundle = get_detector(DetectorSpec.of(settings.model, settings.device)).bundle_for("MR")
+    model = f"{bundle.model_id}:{bundle.version}"
+    for paths in runs:
+        by_kind = {p.name.split("_")[0].removesuffix(".dcm"): pydicom.dcmread(p) for p in paths}
+        for kind in ("seg", "sr"):
+            ds = by_kind[kind]
+            assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == deterministic_uids(series_uid, model, kind, 0)
+        evidence = by_kind["sr"].CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        cited = {ref.ReferencedSOPInstanceUID for series in evidence for ref in series.ReferencedSOPSequence}
+        assert by_kind["seg"].SOPInstanceUID in cited
+    assert [p.name for p in runs[0]] == [p.name for p in runs[1]]
 
 
 def test_passthrough_writes_secondary_capture_in_same_study(tmp_path: Path) -> None:

@@ -10,11 +10,15 @@ Files in ``out_dir`` (no patient identifier in any name):
 * ``segprob``: ``seg_probability.dcm``, FRACTIONAL DICOM SEG of the nodule probability (:mod:`.seg`); opt-in:
   not in the default set (:data:`DEFAULT_FORMATS`), asked for by name, e.g. ``["all", "segprob"]``
 
-Every file is written through a temporary file in ``out_dir`` and ``os.replace``.
+Every file is written through a temporary file in ``out_dir`` and ``os.replace``
+(:mod:`backmice_vision.fileio`). The DICOM objects get new Series and SOP Instance UIDs unless ``uids``
+(:data:`ResultUIDs`) names them, e.g. UIDs derived from the source series so that a rerun yields the
+same instances (the DICOM node does this).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +30,11 @@ if TYPE_CHECKING:
 
 FORMATS: tuple[str, ...] = ("png", "json", "seg", "sr", "sc", "segprob")
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "json", "seg", "sr", "sc")  # what ``None`` and ``"all"`` mean
+
+ResultUIDs = Callable[[str, int], tuple[str, str]]
+"""``(format, index) -> (SeriesInstanceUID, SOPInstanceUID)`` of DICOM output ``index`` (0-based, the
+Secondary Captures in instance-number order) of a format (``seg``, ``sr``, ``sc``, ``segprob``). Every
+index of one format must give the same series UID."""
 
 
 def check_formats(formats: list[str] | None) -> list[str]:
@@ -44,9 +53,17 @@ def check_formats(formats: list[str] | None) -> list[str]:
 
 
 def save_result(
-    result: DetectionResult, out_dir: Path, formats: list[str] | None = None
+    result: DetectionResult,
+    out_dir: Path,
+    formats: list[str] | None = None,
+    *,
+    uids: ResultUIDs | None = None,
 ) -> dict[str, list[Path]]:
-    """Write the requested outputs of ``result`` to ``out_dir``; returns the paths written per format."""
+    """Write the requested outputs of ``result`` to ``out_dir``; returns the paths written per format.
+
+    ``uids`` gives the Series and SOP Instance UIDs of the DICOM outputs (new random ones when ``None``);
+    the SR cites the SEG under the UIDs it was given.
+    """
     chosen = check_formats(formats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +75,7 @@ def save_result(
 
             # drawn here (fonts stay in one thread), encoded in the other while the DICOM objects are built
             pngs = [encoder.submit(write_png, array, out_dir / name) for name, array in png_images(result)]
-        _write_dicom(result, out_dir, chosen, written)
+        _write_dicom(result, out_dir, chosen, written, uids)
         if "png" in chosen:
             written["png"] = [f.result() for f in pngs]
     if "json" in chosen:
@@ -70,24 +87,36 @@ def save_result(
 
 
 def _write_dicom(
-    result: DetectionResult, out_dir: Path, chosen: list[str], written: dict[str, list[Path]]
+    result: DetectionResult,
+    out_dir: Path,
+    chosen: list[str],
+    written: dict[str, list[Path]],
+    uids: ResultUIDs | None,
 ) -> None:
     """The SEG, SR, probability SEG and Secondary Captures among ``chosen``, into ``written``."""
+    from ..fileio import save_atomic
+
+    def named(kind: str) -> dict[str, str]:
+        if uids is None:
+            return {}
+        series_uid, sop_uid = uids(kind, 0)
+        return {"series_instance_uid": series_uid, "sop_instance_uid": sop_uid}
+
     if "seg" in chosen or "sr" in chosen:
-        from .dicom_common import save_atomic
         from .seg import build_seg
 
-        seg = build_seg(result)
+        seg = build_seg(result, **named("seg"))
         written["seg"] = [save_atomic(seg, out_dir / "seg.dcm")]
         if "sr" in chosen:
             from .sr import build_sr
 
-            written["sr"] = [save_atomic(build_sr(result, seg), out_dir / "sr.dcm")]
+            written["sr"] = [save_atomic(build_sr(result, seg, **named("sr")), out_dir / "sr.dcm")]
     if "segprob" in chosen:
-        from .seg import write_probability_seg
+        from .seg import build_probability_seg
 
-        written["segprob"] = [write_probability_seg(result, out_dir / "seg_probability.dcm")]
+        segprob = build_probability_seg(result, **named("segprob"))
+        written["segprob"] = [save_atomic(segprob, out_dir / "seg_probability.dcm")]
     if "sc" in chosen:
         from .sc import write_sc
 
-        written["sc"] = write_sc(result, out_dir)
+        written["sc"] = write_sc(result, out_dir, uids=uids)

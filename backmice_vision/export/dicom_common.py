@@ -3,7 +3,7 @@
 Every output object is a new series in the source's study, carries the source's patient and study
 modules, and names this library twice: in the device attributes (Manufacturer "backmice_vision")
 and in a Contributing Equipment item with purpose "Processing Equipment" (DCM 109102), as the IHE AI
-Results profile asks of AI results.
+Results profile asks of AI results (:func:`contributing_equipment`, handed to highdicom's constructors).
 
 What the writers copy from a source goes through :func:`sanitised` first (real archives hold
 non-conformant values that highdicom refuses): top-level text, date, time, name, code-string and number
@@ -18,11 +18,9 @@ Any other failure inside a writer becomes a :class:`BackmiceError` (:func:`write
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackmiceError, InvalidDicom, UnsupportedSeries
@@ -33,7 +31,6 @@ if TYPE_CHECKING:
     from ..types import DetectionResult, ImageSeries
 
 MANUFACTURER = "backmice_vision"
-_TEMPORARY_RE = re.compile(r"\..+\.[0-9]+\.tmp")
 SERIES_NUMBERS = {"seg": 9101, "sr": 9102, "sc": 9103, "segprob": 9104}
 SERIES_DESCRIPTIONS = {
     "seg": "backmice SEG",
@@ -255,21 +252,22 @@ def algorithm_identification(result: DetectionResult) -> Any:
     )
 
 
-def add_provenance(ds: Dataset, result: DetectionResult) -> None:
-    """Append the Contributing Equipment item (Processing Equipment, DCM 109102) for this algorithm."""
-    from pydicom.dataset import Dataset as DicomDataset
-    from pydicom.sequence import Sequence
+def contributing_equipment(result: DetectionResult) -> list[Any]:
+    """The Contributing Equipment of this algorithm (Processing Equipment, DCM 109102), for the
+    ``contributing_equipment`` argument of the highdicom constructors (which add the source's acquisition
+    equipment before it and highdicom's own item after it)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
 
-    code = DicomDataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "109102", "DCM", "Processing Equipment"
-    item = DicomDataset()
-    item.Manufacturer = MANUFACTURER
-    item.ManufacturerModelName = model_name(result)
-    item.SoftwareVersions = [software_version(), f"{result.model_id} {result.model_version}"[:64]]
-    item.ContributionDescription = "Automated detection of episacroiliac lipoma (back mouse)"
-    item.PurposeOfReferenceCodeSequence = Sequence([code])
-    existing = list(ds.get("ContributingEquipmentSequence", []))
-    ds.ContributingEquipmentSequence = Sequence([*existing, item])
+    return [
+        hd.ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=codes.DCM.ProcessingEquipment,
+            manufacturer_model_name=model_name(result),
+            software_versions=[software_version(), f"{result.model_id} {result.model_version}"[:64]],
+            contribution_description="Automated detection of episacroiliac lipoma (back mouse)",
+        )
+    ]
 
 
 def laterality(result: DetectionResult) -> str:
@@ -286,49 +284,3 @@ def laterality(result: DetectionResult) -> str:
             if value in ("L", "R"):
                 return value
     return ""
-
-
-def temporary_path(path: Path) -> Path:
-    """The name a file is written under before ``os.replace`` puts it at ``path``: ``.<name>.<pid>.tmp``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the :func:`temporary_path` files directly in ``folder`` (left by a killed writer; call it
-    only where no other process is writing); returns what was deleted."""
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.iterdir() if _TEMPORARY_RE.fullmatch(p.name) and p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def save_atomic(ds: Dataset, path: Path) -> Path:
-    """Write ``ds`` as a DICOM file through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BackmiceError(f"cannot write DICOM file ({exc.strerror or exc})", path) from exc
-    except Exception as exc:  # a value pydicom cannot encode
-        tmp.unlink(missing_ok=True)
-        raise BackmiceError(f"cannot encode DICOM file ({type(exc).__name__})", path) from exc
-    return path
-
-
-def write_text_atomic(text: str | bytes, path: Path) -> Path:
-    """Write text or bytes to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BackmiceError(f"cannot write file ({exc.strerror or exc})", path) from exc
-    return path

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dicom_common import software_version, write_text_atomic
+from ..fileio import write_text_atomic
+from .dicom_common import software_version
 
 if TYPE_CHECKING:
     from ..types import DetectionResult, Nodule

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..fileio import save_atomic
 from ..render import orientation_letters, overlay_frames, render_overlay
 from .dicom_common import (
     MANUFACTURER,
     SERIES_DESCRIPTIONS,
     SERIES_NUMBERS,
-    add_provenance,
+    contributing_equipment,
     laterality,
     model_name,
-    save_atomic,
     software_version,
     source_datasets,
     source_path,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from ..types import DetectionResult
+    from . import ResultUIDs
 
 
 def patient_orientation(result: DetectionResult, source: Dataset) -> tuple[str, str]:
@@ -87,6 +88,7 @@ def _build_sc(
         # highdicom takes single letters and requires a value; replaced below (empty when unknown)
         patient_orientation=(orientation[0][0], orientation[1][0]) if all(orientation) else ("L", "F"),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
+        contributing_equipment=contributing_equipment(result),
     )
     if "Laterality" not in sc:
         sc.Laterality = ""  # Type 2C: unknown side
@@ -102,22 +104,27 @@ def _build_sc(
     sc.SoftwareVersions = software_version()
     sc.BurnedInAnnotation = "NO"
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    add_provenance(sc, result)
     return sc
 
 
-def write_sc(result: DetectionResult, out_dir: Path, *, series_instance_uid: str | None = None) -> list[Path]:
+def write_sc(result: DetectionResult, out_dir: Path, *, uids: ResultUIDs | None = None) -> list[Path]:
     """One SC file ``sc_k<k>.dcm`` per :func:`~backmice_vision.render.overlay_frames` frame.
 
     Without findings one SC of the middle frame is written, so a viewer that shows neither SEG nor SR
-    still shows that the series was analysed (the SR and report say "no finding").
+    still shows that the series was analysed (the SR and report say "no finding"). ``uids("sc", i)``
+    gives the (series, SOP instance) UIDs of instance number ``i + 1``; new ones when ``None``.
     """
     from pydicom.uid import generate_uid
 
-    series_uid = series_instance_uid or str(generate_uid())
+    series_uid = str(generate_uid())
     paths = []
     frames = overlay_frames(result) or [result.series.shape[0] // 2]
     for number, k in enumerate(frames, start=1):
-        sc = build_sc(result, k, series_instance_uid=series_uid, instance_number=number)
+        sop_uid = None
+        if uids is not None:
+            series_uid, sop_uid = uids("sc", number - 1)
+        sc = build_sc(
+            result, k, series_instance_uid=series_uid, sop_instance_uid=sop_uid, instance_number=number
+        )
         paths.append(save_atomic(sc, out_dir / f"sc_k{k:04d}.dcm"))
     return paths

@@ -8,10 +8,11 @@ full frame, with nothing outside the analysed regions (the masks are zero there)
 A result without nodules still gives a valid SEG: the defect segment alone, with empty frames when no
 defect pixel was found (highdicom keeps all frames when every frame is empty).
 
-Sources with a Frame of Reference (MR, classic or Enhanced) go through ``highdicom.seg.Segmentation``.
-highdicom 0.28 builds a SEG without a Frame of Reference (ultrasound) for one source frame only, so for
-ultrasound the SEG is built for one frame and its per-frame items are repeated for every (source frame,
-non-empty segment), each citing its source instance and frame.
+:func:`build_segmentation` is the one SEG builder (these results and the phantoms' ground truth). Sources
+with a Frame of Reference (MR, classic or Enhanced) go through ``highdicom.seg.Segmentation``. highdicom
+0.28 builds a SEG without a Frame of Reference (ultrasound) for one source frame only, so for ultrasound
+the SEG is built for one frame and its per-frame items are repeated for every (source frame, non-empty
+segment), each citing its source instance and frame.
 
 :func:`build_probability_seg` writes ``DetectionResult.nodule_probability`` as a FRACTIONAL SEG (type
 PROBABILITY, MaximumFractionalValue 255: stored value ``round(p * 255)``) with one segment
@@ -22,21 +23,22 @@ to 0 everywhere are omitted; for ultrasound every pixel outside the analysed tis
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackmiceError
+from ..fileio import save_atomic
 from ..labels import DEFECT
 from .dicom_common import (
     MANUFACTURER,
     SERIES_DESCRIPTIONS,
     SERIES_NUMBERS,
-    add_provenance,
     algorithm_identification,
+    contributing_equipment,
     model_name,
-    save_atomic,
     software_version,
     source_datasets,
     source_path,
@@ -233,11 +235,8 @@ def build_probability_seg(
 
 
 def _build(result: DetectionResult, planes: np.ndarray, kwargs: dict[str, Any]) -> Dataset:
-    """A SEG of ``planes`` on the source grid: ``(n, rows, cols, segments)`` bool masks (BINARY) or uint8
-    values 0…MAX_FRACTIONAL (FRACTIONAL), or ``(n, rows, cols)`` segment numbers (BINARY, see
-    :func:`segment_labels`)."""
-    import highdicom as hd
-
+    """:func:`build_segmentation` of ``planes`` on the result's source frames, with this library's
+    device attributes and Contributing Equipment."""
     kwargs = {
         "instance_number": 1,
         "manufacturer": MANUFACTURER,
@@ -245,44 +244,76 @@ def _build(result: DetectionResult, planes: np.ndarray, kwargs: dict[str, Any]) 
         "software_versions": software_version(),
         "device_serial_number": "0",
         "content_label": "BACKMICE",
+        "contributing_equipment": contributing_equipment(result),
         **kwargs,
     }
-    sources = source_datasets(result.series)
-    if "FrameOfReferenceUID" in sources[0]:
-        pixel_array = _stored_order(result, sources, planes)
-        if pixel_array.ndim == 4 and pixel_array.dtype != bool:  # fractions: floats in [0, 1], rounded × max
-            pixel_array = pixel_array.astype(np.float32) / np.float32(MAX_FRACTIONAL)
-        # empty frames are left out, unless all are empty (highdicom then keeps all, and says so on stderr)
-        seg = hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=pixel_array,
-            omit_empty_frames=bool(pixel_array.any()),
-            **kwargs,
-        )
-    else:
-        seg = _seg_without_frame_of_reference(result, sources, planes, kwargs)
-    add_provenance(seg, result)
-    return seg
+    frames = [(src.sop_instance_uid, src.frame_number) for src in result.series.sources]
+    return build_segmentation(source_datasets(result.series), frames, planes, **kwargs)
 
 
-def _stored_order(result: DetectionResult, sources: list[Dataset], masks: np.ndarray) -> np.ndarray:
-    """Masks reordered to the sources' frames: source instance order, then stored frame number."""
-    index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(sources)}
+def build_segmentation(
+    sources: Sequence[Dataset], frames: Sequence[tuple[str, int]], planes: np.ndarray, **kwargs: Any
+) -> Any:
+    """A ``highdicom.seg.Segmentation`` of ``planes``, pixel-aligned with the source frames.
+
+    The one SEG builder of the project (results here, phantom ground truth in
+    :mod:`backmice_vision.phantoms.dicom`).
+
+    Parameters
+    ----------
+    sources
+        The source image datasets (headers suffice), one per instance.
+    frames
+        ``(SOP Instance UID, frame number)`` of the source frame under each plane index ``k``.
+    planes
+        ``(n, rows, cols, segments)`` bool masks (BINARY) or uint8 stored values ``0 … max_fractional_value``
+        (FRACTIONAL), or ``(n, rows, cols)`` segment numbers (BINARY or LABELMAP, disjoint segments).
+    **kwargs
+        ``highdicom.seg.Segmentation`` arguments other than ``source_images``, ``pixel_array`` and
+        ``omit_empty_frames`` (segment descriptions, UIDs, device, ``contributing_equipment`` ...).
+
+    Empty frames are left out, unless all are empty (then all are kept for a source with a Frame of
+    Reference, the very last plane for one without).
+    """
+    import highdicom as hd
+
+    if "FrameOfReferenceUID" not in sources[0]:
+        return _seg_without_frame_of_reference(sources, frames, planes, kwargs)
+    pixel_array = _stored_order(sources, frames, planes)
+    if pixel_array.ndim == 4 and pixel_array.dtype != bool:  # fractions: floats in [0, 1], rounded × max
+        top = np.float32(kwargs.get("max_fractional_value", MAX_FRACTIONAL))
+        pixel_array = pixel_array.astype(np.float32) / top
+    return hd.seg.Segmentation(
+        source_images=list(sources),
+        pixel_array=pixel_array,
+        omit_empty_frames=bool(pixel_array.any()),  # all empty: highdicom keeps all, and says so on stderr
+        **kwargs,
+    )
+
+
+def _stored_order(
+    sources: Sequence[Dataset], frames: Sequence[tuple[str, int]], planes: np.ndarray
+) -> np.ndarray:
+    """``planes`` reordered to the sources' frames: source instance order, then stored frame number."""
     if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
-        out = np.zeros((int(sources[0].NumberOfFrames), *masks.shape[1:]), dtype=masks.dtype)
-        for k, src in enumerate(result.series.sources):
-            out[src.frame_number - 1] = masks[k]
+        out = np.zeros((int(sources[0].NumberOfFrames), *planes.shape[1:]), dtype=planes.dtype)
+        for k, (_, frame_number) in enumerate(frames):
+            out[frame_number - 1] = planes[k]
         return out
-    out = np.zeros((len(sources), *masks.shape[1:]), dtype=masks.dtype)
-    for k, src in enumerate(result.series.sources):
-        out[index[src.sop_instance_uid]] = masks[k]
+    index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(sources)}
+    out = np.zeros((len(sources), *planes.shape[1:]), dtype=planes.dtype)
+    for k, (uid, _) in enumerate(frames):
+        out[index[uid]] = planes[k]
     return out
 
 
 def _seg_without_frame_of_reference(
-    result: DetectionResult, sources: list[Dataset], planes: np.ndarray, kwargs: dict[str, Any]
+    sources: Sequence[Dataset], frames: Sequence[tuple[str, int]], planes: np.ndarray, kwargs: dict[str, Any]
 ) -> Any:
-    """``planes`` as in :func:`_build`; a label array is read one frame and segment at a time."""
+    """highdicom 0.28 builds a SEG without a Frame of Reference (ultrasound) for one source frame only:
+    it is built for one frame with every segment, and its per-frame items are repeated for every
+    (source frame, non-empty segment), each citing its source instance (and frame, for a multi-frame
+    source). A label array is read one frame and segment at a time."""
     import highdicom as hd
     from pydicom.dataset import Dataset as DicomDataset
     from pydicom.pixels import pack_bits
@@ -307,19 +338,19 @@ def _seg_without_frame_of_reference(
     template = list(seg.PerFrameFunctionalGroupsSequence)
     items: list[DicomDataset] = []
     kept: list[np.ndarray] = []
-    for k, frame in enumerate(result.series.sources):
-        src = by_uid[frame.sop_instance_uid]
+    for k, (uid, frame_number) in enumerate(frames):
+        src = by_uid[uid]
         multiframe = int(src.get("NumberOfFrames", 1) or 1) > 1
         for s in range(n_seg):
             plane = plane_of(k, s)
-            if not plane.any() and (kept or k < len(result.series.sources) - 1 or s < n_seg - 1):
-                continue  # an all-empty result keeps its very last (defect) plane: a SEG needs a frame
+            if not plane.any() and (kept or k < len(frames) - 1 or s < n_seg - 1):
+                continue  # an all-empty SEG keeps its very last plane: a SEG needs a frame
             item = copy.deepcopy(template[s])
             ref = item.DerivationImageSequence[0].SourceImageSequence[0]
             ref.ReferencedSOPClassUID = src.SOPClassUID
             ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
             if multiframe:
-                ref.ReferencedFrameNumber = frame.frame_number
+                ref.ReferencedFrameNumber = frame_number
             items.append(item)
             kept.append(plane)
     refs = []

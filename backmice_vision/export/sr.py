@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..fileio import save_atomic
 from ..profiles import profile_for
 from .dicom_common import (
     MANUFACTURER,
     SERIES_DESCRIPTIONS,
     SERIES_NUMBERS,
-    add_provenance,
+    contributing_equipment,
     model_name,
-    save_atomic,
     software_version,
     source_datasets,
     source_path,
@@ -334,10 +334,10 @@ def _document(
         instance_number=1,
         manufacturer=MANUFACTURER,
         series_description=SERIES_DESCRIPTIONS["sr"],
+        contributing_equipment=contributing_equipment(result),
     )
     sr.ManufacturerModelName = model_name(result)
     sr.SoftwareVersions = software_version()
-    add_provenance(sr, result)
     return sr
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import ConfigError, ModelError
-from ..export.dicom_common import temporary_path
+from ..fileio import temporary_path
 from .bundle import load_bundle
 
 if TYPE_CHECKING:

@@ -12,13 +12,15 @@ their paths. ``settings.pipeline`` chooses the implementation:
 * ``"package.module:function"``: any function with the same signature as :func:`process_series`.
 
 Whatever the pipeline, result UIDs are derived from the input SeriesInstanceUID and the model version
-(:func:`deterministic_uids`), so processing the same series twice yields the same SOP Instance UIDs and a
-PACS stores the second delivery as a duplicate, not as a second result.
+(:func:`deterministic_uids`, handed to the writers: each file is written once, under its final UIDs), so
+processing the same series twice yields the same SOP Instance UIDs and a PACS stores the second delivery
+as a duplicate, not as a second result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import shutil
@@ -27,10 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import BackmiceError, InvalidDicom, UnsupportedSeries
-from ..pipeline import FAILURES, DetectorSpec, error_line, get_detector, run_series
+from ..pipeline import FAILURES, DetectorSpec, detect_stage, error_line, get_detector, write_stage
 
 PASSTHROUGH_VERSION = "passthrough-sc/1"
 _DICOM_SUFFIXES = {"seg": "seg", "sr": "sr", "sc": "sc"}
@@ -71,55 +72,14 @@ def deterministic_uids(input_series_uid: str, model_version: str, kind: str, ind
     return generate_uid(entropy_srcs=[*base, "series"]), generate_uid(entropy_srcs=[*base, str(index)])
 
 
-def assign_deterministic_uids(
-    paths: dict[str, list[Path]], input_series_uid: str, model_version: str
-) -> None:
-    """Rewrite the Series/SOP Instance UIDs of result files to :func:`deterministic_uids`, in place.
-
-    ``paths`` maps an output kind (``seg``, ``sr``, ``sc``) to its files. References between the results
-    (the SR citing the SEG) are rewritten with the same map, so they stay consistent.
-    """
-    import pydicom
-
-    datasets: list[tuple[Path, Any]] = []
-    mapping: dict[str, str] = {}
-    for kind in sorted(paths):
-        loaded = [(p, pydicom.dcmread(p)) for p in paths[kind]]
-        loaded.sort(key=lambda item: (int(item[1].get("InstanceNumber", 0) or 0), item[0].name))
-        for index, (p, ds) in enumerate(loaded):
-            new_series, new_sop = deterministic_uids(input_series_uid, model_version, kind, index)
-            mapping[str(ds.SeriesInstanceUID)] = new_series
-            mapping[str(ds.SOPInstanceUID)] = new_sop
-            datasets.append((p, ds))
-
-    def remap(ds: Any) -> None:
-        for elem in ds:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    remap(item)
-            elif elem.VR == "UI" and elem.value:
-                if isinstance(elem.value, str) and elem.value in mapping:
-                    elem.value = mapping[elem.value]
-                elif not isinstance(elem.value, str):
-                    elem.value = [mapping.get(str(v), v) for v in elem.value]
-
-    for p, ds in datasets:
-        remap(ds)
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        tmp = p.with_name(p.name + ".tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, p)
-
-
 def _detector_pipeline(input_dir: Path, output_dir: Path, settings: PipelineSettings) -> list[Path]:
     """:func:`backmice_vision.pipeline.run_series`; its failure is raised as its one-line message."""
-    outcome = run_series(input_dir, _detector_spec(settings), output_dir, list(settings.outputs))
+    outcome, result = detect_stage(input_dir, _detector_spec(settings))
+    uids = functools.partial(deterministic_uids, str(outcome.series_instance_uid), outcome.model)
+    outcome = write_stage(outcome, result, output_dir, list(settings.outputs), uids=uids)
     if not outcome.ok:
         raise BackmiceError(outcome.error)
-    written = outcome.outputs
-    dicom = {k: [Path(p) for p in v] for k, v in written.items() if k in _DICOM_SUFFIXES and v}
-    assign_deterministic_uids(dicom, outcome.series_instance_uid, outcome.model)
-    return sorted(p for v in dicom.values() for p in v)
+    return sorted(Path(p) for k, v in outcome.outputs.items() if k in _DICOM_SUFFIXES for p in v)
 
 
 # Patient and study attributes the test Secondary Capture copies from its source (an allow-list).

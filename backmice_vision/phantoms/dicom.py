@@ -35,7 +35,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from .. import __version__
 from ..errors import BackmiceError
-from ..export.dicom_common import save_atomic
+from ..export.seg import build_segmentation
+from ..fileio import save_atomic
 from ..labels import MODEL_CLASSES, tissue_to_class_lut
 from ..types import UltrasoundRegion
 
@@ -846,12 +847,11 @@ def write_seg(
         "content_description": "Phantom ground truth",
         "series_description": "Ground truth SEG",
     }
-    if "FrameOfReferenceUID" in source[0]:
-        seg = hd.seg.Segmentation(
-            source_images=list(source), pixel_array=masks, omit_empty_frames=True, **kwargs
-        )
+    if len(source) == 1 and int(source[0].get("NumberOfFrames", 1) or 1) > 1:
+        frames = [(str(source[0].SOPInstanceUID), f + 1) for f in range(masks.shape[0])]
     else:
-        seg = _seg_without_frame_of_reference(source, masks, kwargs)
+        frames = [(str(ds.SOPInstanceUID), 1) for ds in source]
+    seg = build_segmentation(source, frames, masks, **kwargs)
     for tag in ("SeriesDate", "ContentDate", "InstanceCreationDate"):
         setattr(seg, tag, study.study_date)
     for tag in ("SeriesTime", "ContentTime", "InstanceCreationTime"):
@@ -862,62 +862,4 @@ def write_seg(
     for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
         item.DimensionOrganizationUID = dim_uid
     save_atomic(seg, path)
-    return seg
-
-
-def _seg_without_frame_of_reference(
-    source: Sequence[Dataset], masks: np.ndarray, kwargs: dict[str, Any]
-) -> Any:
-    """A pixel-aligned BINARY SEG over several frames of a source without a frame of reference (US).
-
-    highdicom 0.28 builds such a SEG for one source frame only; it is built for the first frame with
-    every segment, and its per-frame items are then repeated for each (source frame, non-empty segment)
-    with the Source Image Sequence pointing at that instance (and frame, for a multi-frame source).
-    """
-    import copy
-
-    import highdicom as hd
-    from pydicom.pixels import pack_bits
-
-    multiframe = len(source) == 1 and int(source[0].get("NumberOfFrames", 1)) > 1
-    template_src = source[0]
-    if multiframe:
-        template_src = Dataset()  # a header-only copy: the caller's dataset stays untouched
-        for elem in source[0]:
-            if elem.keyword != "PixelData":
-                template_src.add(copy.deepcopy(elem))
-        del template_src.NumberOfFrames  # built as for a single frame; class and frame numbers set below
-        template_src.SOPClassUID = US_IMAGE_STORAGE
-    first = np.ones((1, *masks.shape[1:]), bool)
-    seg = hd.seg.Segmentation(
-        source_images=[template_src], pixel_array=first, omit_empty_frames=False, **kwargs
-    )
-    template = list(seg.PerFrameFunctionalGroupsSequence)
-    items: list[Dataset] = []
-    planes: list[np.ndarray] = []
-    for f in range(masks.shape[0]):
-        src = source[0] if multiframe else source[f]
-        for s in range(masks.shape[-1]):
-            plane = masks[f, ..., s]
-            if not plane.any():
-                continue
-            item = copy.deepcopy(template[s])
-            ref = item.DerivationImageSequence[0].SourceImageSequence[0]
-            ref.ReferencedSOPClassUID = src.SOPClassUID
-            ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-            if multiframe:
-                ref.ReferencedFrameNumber = f + 1
-            items.append(item)
-            planes.append(plane)
-    if not planes:
-        raise BackmiceError("ground-truth SEG would be empty: no labelled pixels in any frame")
-    refs = [
-        _item(ReferencedSOPClassUID=d.SOPClassUID, ReferencedSOPInstanceUID=d.SOPInstanceUID) for d in source
-    ]
-    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence = refs
-    seg.SourceImageSequence = copy.deepcopy(refs)
-    seg.PerFrameFunctionalGroupsSequence = items
-    seg.PatientOrientation = source[0].get("PatientOrientation", "")
-    seg.NumberOfFrames = len(items)
-    seg.PixelData = pack_bits(np.stack(planes))
     return seg

@@ -400,7 +400,7 @@ def _generate_one(job: _Job) -> tuple[Path, int]:
         **{k: v for k, v in truth.items() if k != "seed"},
         "series": series,
     }
-    from ..export.dicom_common import write_text_atomic
+    from ..fileio import write_text_atomic
 
     write_text_atomic(json.dumps(_jsonable(doc), indent=1) + "\n", root / "ground_truth.json")
     return root, n_images
