@@ -48,9 +48,10 @@ evaluate: $(EVAL_DIR)/us_shifted/.done $(EVAL_DIR)/mr_shifted/.done
 # Shifted and stress sets for comparing candidates (issue 17), then shipped vs candidates, with and
 # without the anatomical plausibility test -> build/evalres/summary.md.
 EVAL2 := build/eval2
+EVAL2_CASES ?= 20
 $(EVAL2)/%/.done: | $(STAMP)
 	rm -rf $(@D)
-	$(PY) -m backmice_vision phantom --modality $(word 1,$(subst _, ,$*)) --cases 8 \
+	$(PY) -m backmice_vision phantom --modality $(word 1,$(subst _, ,$*)) --cases $(EVAL2_CASES) \
 		--seed $(if $(filter us_shifted,$*),9101,$(if $(filter mr_shifted,$*),9202,$(if $(filter us_stress,$*),9303,9404))) \
 		--config configs/phantom_$*.yaml --out $(@D) --quiet
 	touch $@
