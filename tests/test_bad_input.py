@@ -171,6 +171,35 @@ def test_sanitised_keeps_valid_repairs_clear_cases_and_drops_the_rest(tmp_path: 
     assert "1.2.abc" not in str(info.value)
 
 
+def test_sanitised_fixes_what_the_fuzzer_found_inside_highdicom(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz.py: an empty Specific Character Set (highdicom refuses the term), StudyID
+    stored as IS in an explicit-VR file (highdicom copied a number into the SH StudyID: unwritable)."""
+    from pydicom.dataelem import DataElement
+
+    from backmice_vision.export.dicom_common import sanitised
+
+    path = mr_series(tmp_path / "mr", n=1)[0]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds.SpecificCharacterSet = ["", "ISO_IR 6"]
+    ds[0x00200010] = DataElement(0x00200010, "IS", 42)  # StudyID, dictionary VR SH
+    clean = sanitised(ds, "MR", str(path))
+    assert "SpecificCharacterSet" not in clean
+    assert clean["StudyID"].VR == "SH" and clean.StudyID == "42"
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    assert sanitised(ds, "MR", str(path)).SpecificCharacterSet == "ISO 2022 IR 87"
+
+
+def test_several_values_in_an_identity_uid_is_refused_at_load(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz.py: SOPInstanceUID 1\\2\\3 loaded as "['1', '2', '3']", which no output
+    could cite (the SEG builder then failed with a KeyError)."""
+    path = mr_series(tmp_path / "mr", n=1)[0]
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ["1.2.3", "1.2.4"]
+    ds.save_as(path)
+    with pytest.raises(InvalidDicom, match="several values in SOPInstanceUID"):
+        load_series(path)
+
+
 def test_calibration_claiming_an_absurd_field_is_ignored(tmp_path: Path) -> None:
     """Found by benchmarks/fuzz.py: PhysicalDeltaX 7 cm made the model resample a region to 33 m at
     0.2 mm (4 GB); a PixelSpacing of 1e30 mm likewise."""

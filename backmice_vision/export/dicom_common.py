@@ -9,10 +9,12 @@ What the writers copy from a source goes through :func:`sanitised` first (real a
 non-conformant values that highdicom refuses): top-level text, date, time, name, code-string and number
 values that fail pydicom's VR validation are repaired where the intent is unambiguous (``14:04:38`` →
 ``140438``, ``2004.03.12`` → ``20040312``, lower-case code strings upper-cased, a PatientSex other
-than M/F/O emptied, an unknown Specific Character Set term dropped, several values of a single-valued
-attribute cut to the first) and otherwise dropped (Type 2 patient/study attributes kept empty); valid
-values are kept unchanged. An MR source whose SliceThickness is unreadable gets the series' slice spacing.
-Any other failure inside a writer becomes a :class:`BackmiceError` (:func:`writer_guard`).
+than M/F/O emptied, a Specific Character Set term highdicom does not know (empty, ``ISO_IR 6``) dropped,
+several values of a single-valued attribute cut to the first, a value the file stored under another VR
+than the dictionary's re-read as text of that VR) and otherwise dropped (Type 2 patient/study attributes
+kept empty); valid values are kept unchanged. An MR source whose SliceThickness is unreadable gets the
+series' slice spacing. Any other failure inside a writer becomes a :class:`BackmiceError`
+(:func:`writer_guard`).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def sanitised(ds: Dataset, modality: str, path: str | None = None) -> Dataset:
         except Exception:
             continue
         try:
+            elem = _with_dictionary_vr(elem)
             fixed = _sanitised_element(elem) if elem.VR in _CHECKED_VRS else elem
             if fixed is not None and fixed.VR != "SQ" and fixed.VM > 1 and _single_valued(tag):
                 fixed = DataElement(tag, fixed.VR, fixed.value[0])  # VM 1 in the dictionary: the first
@@ -157,16 +160,39 @@ def _single_valued(tag: Any) -> bool:
         return False
 
 
+def _with_dictionary_vr(elem: Any) -> Any:
+    """``elem`` re-made with its dictionary VR (values as text) when the file gave it another checked VR:
+    an explicit-VR file can say IS for the SH StudyID, and highdicom then copies a number into text."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import DataElement
+    from pydicom.multival import MultiValue
+
+    try:
+        vr = dictionary_VR(elem.tag)
+    except KeyError:  # private or unknown
+        return elem
+    if vr == elem.VR or vr not in _CHECKED_VRS or elem.VR not in _CHECKED_VRS or elem.value is None:
+        return elem
+    value = elem.value
+    text = [str(v) for v in value] if isinstance(value, MultiValue) else str(value)
+    return DataElement(elem.tag, vr, text)
+
+
 def _sanitised_element(elem: Any) -> Any:
     """``elem`` if its values are valid, a repaired copy, or ``None`` when none of its values is valid."""
+    from highdicom import SpecificCharacterSetValues
     from pydicom import config
-    from pydicom.charset import python_encoding
     from pydicom.dataelem import DataElement
     from pydicom.multival import MultiValue
     from pydicom.valuerep import validate_value
 
     vr = elem.VR
     values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
+    if elem.keyword == "SpecificCharacterSet":  # terms highdicom refuses ('', ISO_IR 6): default repertoire
+        known = {v.value for v in SpecificCharacterSetValues}
+        values = [v for v in values if str(v).strip().upper() in known]
+        if not values:
+            return None
     if not values or values == [None] or values == [""]:
         return elem
     kept: list[Any] = []
@@ -182,14 +208,12 @@ def _sanitised_element(elem: Any) -> Any:
         candidate = _repair(vr, text)
         if elem.keyword == "PatientSex" and candidate not in ("M", "F", "O"):
             continue
-        if elem.keyword == "SpecificCharacterSet" and candidate not in python_encoding:
-            continue  # a term pydicom cannot decode with: dropped (default repertoire)
         try:
             validate_value(vr, candidate, config.RAISE)
         except (ValueError, TypeError):
             continue
         kept.append(value if candidate == text else candidate)
-    if len(kept) == len(values) and all(k is v for k, v in zip(kept, values, strict=True)):
+    if elem.VM == len(kept) == len(values) and all(k is v for k, v in zip(kept, values, strict=True)):
         return elem
     if not kept:
         return None

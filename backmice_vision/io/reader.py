@@ -22,6 +22,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -174,10 +175,11 @@ def read_header(path: Path, *, scan_only: bool = False) -> Instance | None:
             ds.file_meta.TransferSyntaxUID = UID(ts)
         if not UID(ts).is_transfer_syntax:
             raise InvalidDicom("unknown transfer syntax", path)
-        uids = {
-            k: str(ds.get(k, "") or "").strip()
-            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-        }
+        identity = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        several = [k for k in identity if isinstance(ds.get(k), MultiValue)]
+        if several:  # results could cite none of the values
+            raise InvalidDicom(f"several values in {', '.join(several)}", path)
+        uids = {k: str(ds.get(k, "") or "").strip() for k in identity}
         missing = [k for k, v in uids.items() if not v]
         if missing:
             if not part10 and len(missing) == 3:
