@@ -14,10 +14,13 @@ from backmice_vision.labels import BACKGROUND, NODULE
 from backmice_vision.model.inference import (
     DEFAULT_MR,
     DEFAULT_US,
+    MAX_BATCH_PIXELS,
+    Tile,
     _resize,
     labels_to_tile,
     make_tiles,
     predict_probabilities,
+    run_network,
     tile_to_source,
 )
 from backmice_vision.types import FrameSource, ImageSeries, UltrasoundRegion
@@ -140,3 +143,26 @@ def test_class_labels_is_argmax_with_first_class_on_ties():
     assert labels.dtype == np.uint8
     assert np.array_equal(labels, np.argmax(p, axis=0))
     assert (labels[0] == 1).all()
+
+
+def test_network_batches_stay_within_the_pixel_budget_and_match_single_tiles() -> None:
+    """Large tiles go through the network a few at a time (memory), small ones eight at a time, and
+    batching changes no probability."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 5, 3, padding=1)
+    rng = np.random.default_rng(0)
+    shapes = [(512, 512)] * 5 + [(96, 128)] * 11 + [(600, 520)]
+    tiles = [
+        Tile(n, (0, 0, h, w), rng.random((1, h, w), dtype=np.float32)) for n, (h, w) in enumerate(shapes)
+    ]
+    seen: list[tuple[int, ...]] = []
+    net.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    probs = run_network(net, tiles, torch.device("cpu"), batch_size=8)
+    assert sum(b for b, *_ in seen) == len(tiles)
+    assert max(b for b, *_ in seen) == 8  # the small tiles
+    for b, _c, h, w in seen:
+        assert b == 1 or b * h * w <= MAX_BATCH_PIXELS
+    for tile, p in zip(tiles, probs, strict=True):
+        alone = run_network(net, [tile], torch.device("cpu"))[0]
+        assert p.shape == (5, *tile.image.shape[1:])
+        np.testing.assert_allclose(p, alone, atol=1e-5)

@@ -240,11 +240,25 @@ def pad_batch(images: list[np.ndarray], multiple: int) -> np.ndarray:
     return out
 
 
-def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
-    # tiles of one shape together: less padding
+MAX_BATCH_PIXELS = 2**19  # per network call: two 512 x 512 tiles (8 such tiles held ~0.6 GB of activations)
+
+
+def _batches(tiles: list[Tile], size: int, max_pixels: int = MAX_BATCH_PIXELS) -> Iterator[list[Tile]]:
+    """At most ``size`` tiles and ``max_pixels`` padded pixels per batch (at least one tile), tiles of one
+    shape together (less padding)."""
     order = sorted(range(len(tiles)), key=lambda t: tiles[t].image.shape)
-    for s in range(0, len(order), size):
-        yield [tiles[t] for t in order[s : s + size]]
+    batch: list[Tile] = []
+    rows = cols = 0
+    for t in order:
+        h, w = tiles[t].image.shape[-2:]
+        grown = (len(batch) + 1) * max(rows, h) * max(cols, w)
+        if batch and (len(batch) == size or grown > max_pixels):
+            yield batch
+            batch, rows, cols = [], 0, 0
+        batch.append(tiles[t])
+        rows, cols = max(rows, h), max(cols, w)
+    if batch:
+        yield batch
 
 
 def run_network(
