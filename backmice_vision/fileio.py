@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,33 +35,35 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def save_atomic(ds: Any, path: Path) -> Path:
-    """Write the pydicom Dataset ``ds`` as a DICOM file (``save_as(..., enforce_file_format=True)``)
-    through a temporary file in the same folder and ``os.replace``; :class:`BackmiceError` on failure."""
+def write_atomic(path: Path, write: Callable[[Path], object], what: str = "file") -> Path:
+    """Call ``write(temporary)`` to write the file, then ``os.replace`` it to ``path``; the temporary is
+    removed on any failure. :class:`BackmiceError` ("cannot write <what>") on an OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        ds.save_as(tmp, enforce_file_format=True)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise BackmiceError(f"cannot write DICOM file ({exc.strerror or exc})", path) from exc
-    except Exception as exc:  # a value pydicom cannot encode
+        raise BackmiceError(f"cannot write {what} ({exc.strerror or exc})", path) from exc
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise BackmiceError(f"cannot encode DICOM file ({type(exc).__name__})", path) from exc
+        raise
     return path
+
+
+def save_atomic(ds: Any, path: Path) -> Path:
+    """Write the pydicom Dataset ``ds`` as a DICOM file (``save_as(..., enforce_file_format=True)``)
+    atomically (:func:`write_atomic`); :class:`BackmiceError` on failure."""
+    try:
+        return write_atomic(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True), "DICOM file")
+    except BackmiceError:
+        raise
+    except Exception as exc:  # a value pydicom cannot encode
+        raise BackmiceError(f"cannot encode DICOM file ({type(exc).__name__})", path) from exc
 
 
 def write_text_atomic(text: str | bytes, path: Path) -> Path:
-    """Write text (UTF-8) or bytes to ``path`` through a temporary file in the same folder and
-    ``os.replace``; :class:`BackmiceError` on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
+    """Write text (UTF-8) or bytes to ``path`` atomically (:func:`write_atomic`)."""
     data = text.encode("utf-8") if isinstance(text, str) else text
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BackmiceError(f"cannot write file ({exc.strerror or exc})", path) from exc
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))

@@ -73,6 +73,8 @@ def read_seg(
             top = float(ds.get("MaximumFractionalValue", 255)) if kind == "FRACTIONAL" else 0.0
     except Exception as exc:  # pydicom raises many types on bad files
         raise InvalidDicom(f"cannot read the SEG ({type(exc).__name__})", path) from exc
+    if modality == "SEG" and not kind:
+        raise InvalidDicom("cannot read the SEG: no SegmentationType (a truncated file?)", path)
     if modality != "SEG" or kind not in SEGMENTATION_TYPES:
         raise InvalidDicom(
             f"not a BINARY, FRACTIONAL or LABELMAP DICOM SEG (Modality {modality[:16]!r})", path

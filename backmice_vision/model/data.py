@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackmiceError, ConfigError, InvalidDicom
+from ..fileio import write_atomic
 from ..labels import MODEL_CLASSES, NODULE
 from ..types import ImageSeries
 from .inference import Preprocessing, labels_to_tile, make_tiles
@@ -278,14 +279,16 @@ def series_samples(
         for t in tiles
     ]
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {"n": np.array(len(samples))}
         for i, s in enumerate(samples):
             arrays[f"image_{i}"] = s["image"]
             arrays[f"label_{i}"] = s["label"]
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+
+        def savez(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez appends ".npz" to a name
+                np.savez(fh, **arrays)
+
+        write_atomic(path, savez, "tile cache")
     return samples
 
 

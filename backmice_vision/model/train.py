@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackmiceError, ConfigError
+from ..fileio import write_atomic
 from ..labels import DEFECT, MODEL_CLASSES, NODULE
 from ..types import ImageSeries
 from .inference import DEFAULT_MR, DEFAULT_US, Preprocessing, Tile, run_network
@@ -192,12 +193,10 @@ def validate(
     return {k: float(v) for k, v in dice.items()}
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
+def _save_checkpoint(obj: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp), "checkpoint")
 
 
 def _seed_epoch(seed: int, epoch: int, transforms: Any) -> None:
@@ -343,8 +342,8 @@ def train(
         improved = metrics["mean_dice"] > best
         if improved:
             best = metrics["mean_dice"]
-            _save_atomic({"model": net.state_dict(), "epoch": epoch + 1, "metrics": metrics}, best_path)
-        _save_atomic(
+            _save_checkpoint({"model": net.state_dict(), "epoch": epoch + 1, "metrics": metrics}, best_path)
+        _save_checkpoint(
             {
                 "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
