@@ -35,7 +35,8 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       around it (key frame / central slice) is fat, fascia, nodule or defect by the model
       (:func:`fat_context`: a back mouse lies in the subcutaneous fat, on or through the fascia, never
       inside muscle, bone or the abdomen), and, on ultrasound, when more than ``max_fascia_above`` of
-      its columns have fascia between the skin and its top (it lies under the fascia).
+      its columns lie under a fascia with no fat between the two (it lies in the muscle under the
+      thoracolumbar fascia; a membranous layer higher up in the fat does not count).
     * ``needle_target``: skin point straight above the centre (ultrasound: region top row at the centre
       column; MR: body surface reached along +y from the centre) and the skin → centre distance.
 
@@ -85,7 +86,7 @@ class Thresholds(Mapping[str, float]):
     defect_band_mm: float = 5.0  # band around the nodule's deep half searched for the defect class
     # anatomical plausibility: a back mouse lies in the subcutaneous fat, on or through the fascia
     min_fat_context: float = 0.35  # share of a 2 mm ring around it the model calls fat/fascia/nodule/defect
-    max_fascia_above: float = 0.5  # US: share of its columns with fascia between the skin and its top
+    max_fascia_above: float = 0.5  # US: share of its columns under a fascia with no fat between (muscle)
     min_cine_frames: float = 2.0  # US: frames a track must span in a clip of 5 frames or more
 
     def __post_init__(self) -> None:
@@ -596,15 +597,25 @@ def fat_context(probs_2d: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float,
 
 
 def _fascia_above(
-    fascia_p: np.ndarray, rows: np.ndarray, cols: np.ndarray, spacing_mm: tuple[float, float] | None
+    fascia_p: np.ndarray,
+    fat_p: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    spacing_mm: tuple[float, float] | None,
 ) -> float:
-    """Share of a US key-frame mask's columns with fascia (p >= 0.5) between the skin (row 0 of the
-    region) and 1 mm above the mask's top: a candidate under the fascia is in the muscle."""
-    margin = 10 if spacing_mm is None else max(1, round(1.0 / spacing_mm[0]))
+    """Share of a US key-frame mask's columns in which the candidate lies under a fascia (p >= 0.5, ending
+    at least 1 mm above its top) with less than 1 mm of fat (p >= 0.5) between the two: a candidate in
+    the muscle under the thoracolumbar fascia. A fascia higher up with fat between it and the candidate
+    (the membranous layer inside the subcutaneous fat) does not count."""
+    one_mm = 10 if spacing_mm is None else max(1, round(1.0 / spacing_mm[0]))
     tops: dict[int, int] = {}
     for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
         tops[c] = min(r, tops.get(c, r))
-    above = [bool((fascia_p[: max(0, top - margin), c] >= _FASCIA_P).any()) for c, top in tops.items()]
+    above = []
+    for c, top in tops.items():
+        hits = np.flatnonzero(fascia_p[: max(0, top - one_mm), c] >= _FASCIA_P)
+        fat_between = int((fat_p[hits[-1] + 1 : top, c] >= 0.5).sum()) if hits.size else 0
+        above.append(bool(hits.size) and fat_between < one_mm)
     return float(np.mean(above)) if above else 0.0
 
 
@@ -682,7 +693,7 @@ def _us_region_instances(
         frame_p = probs[:, k, r0:r1, c0:c1]
         if fat_context(frame_p, _key_mask(rows, cols, (r1 - r0, c1 - c0)), sp) < thr["min_fat_context"]:
             continue
-        if _fascia_above(frame_p[FASCIA], rows, cols, sp) > thr["max_fascia_above"]:
+        if _fascia_above(frame_p[FASCIA], frame_p[FAT], rows, cols, sp) > thr["max_fascia_above"]:
             continue
 
         # defect: band around the deep half of the key-frame mask, within the region

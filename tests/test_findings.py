@@ -425,6 +425,11 @@ def test_us_candidate_under_the_fascia_or_ringed_by_muscle_is_not_a_nodule():
     above = blob(base, slice(28, 42))  # in the fat, just over the fascia
     deep = blob(base, slice(60, 74))  # in the muscle under it
     assert len(extract_nodules(series, above, thresholds=THR)[0]) == 1
+    # a membranous layer higher up in the fat (fat between it and the blob) does not make it deep
+    layered = blob(base, slice(30, 42))
+    layered[:, :, 21:23, c0:c1] = 0.0
+    layered[FASCIA, :, 21:23, c0:c1] = 1.0
+    assert len(extract_nodules(series, layered, thresholds=THR)[0]) == 1
     assert extract_nodules(series, deep, thresholds=THR)[0] == []
     # with the plausibility test off (the thresholds of the ablation), the deep blob is reported
     off = {**THR, "min_fat_context": 0.0, "max_fascia_above": 1.0}
