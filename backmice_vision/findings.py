@@ -35,8 +35,9 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       around it (key frame / central slice) is fat, fascia, nodule or defect by the model
       (:func:`fat_context`: a back mouse lies in the subcutaneous fat, on or through the fascia, never
       inside muscle, bone or the abdomen), and, on ultrasound, when more than ``max_fascia_above`` of
-      its columns lie under a fascia with no fat between the two (it lies in the muscle under the
-      thoracolumbar fascia; a membranous layer higher up in the fat does not count).
+      its columns lie under a fascial sheet wider than itself with no fat between the two (it lies in
+      the muscle under the thoracolumbar fascia; a membranous layer higher up in the fat and a nodule's
+      own capsule do not count).
     * ``needle_target``: skin point straight above the centre (ultrasound: region top row at the centre
       column; MR: body surface reached along +y from the centre) and the skin → centre distance.
 
@@ -603,19 +604,34 @@ def _fascia_above(
     cols: np.ndarray,
     spacing_mm: tuple[float, float] | None,
 ) -> float:
-    """Share of a US key-frame mask's columns in which the candidate lies under a fascia (p >= 0.5, ending
-    at least 1 mm above its top) with less than 1 mm of fat (p >= 0.5) between the two: a candidate in
-    the muscle under the thoracolumbar fascia. A fascia higher up with fat between it and the candidate
-    (the membranous layer inside the subcutaneous fat) does not count."""
-    one_mm = 10 if spacing_mm is None else max(1, round(1.0 / spacing_mm[0]))
+    """Share of a US key-frame mask's columns in which the candidate lies under a fascial sheet: the
+    deepest fascia (p >= 0.5) ending at least 1 mm above its top, with less than 1 mm of fat (p >= 0.5)
+    between the two, and belonging to a sheet (fascia joined across gaps of up to 2 mm) that runs at
+    least 5 mm past both sides of the candidate or to the region's edge. That is a candidate in the
+    muscle under the thoracolumbar fascia. A membranous layer higher up in the fat (fat between) and
+    the bright capsule arching over a nodule (no wider than the nodule) do not count.
+    """
+    from scipy import ndimage
+
+    dy, dx = (0.1, 0.1) if spacing_mm is None else spacing_mm
+    one_mm, side = max(1, round(1.0 / dy)), max(1, round(5.0 / dx))
+    joined = ndimage.binary_closing(fascia_p >= _FASCIA_P, np.ones((1, 2 * max(1, round(1.0 / dx)) + 1)))
+    sheets, _ = ndimage.label(joined | (fascia_p >= _FASCIA_P), np.ones((3, 3)))
+    spans = {i + 1: (sl[1].start, sl[1].stop) for i, sl in enumerate(ndimage.find_objects(sheets)) if sl}
+    n_cols = fascia_p.shape[1]
+    left, right = max(0, int(cols.min()) - side), min(n_cols, int(cols.max()) + 1 + side)
     tops: dict[int, int] = {}
     for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
         tops[c] = min(r, tops.get(c, r))
     above = []
     for c, top in tops.items():
         hits = np.flatnonzero(fascia_p[: max(0, top - one_mm), c] >= _FASCIA_P)
-        fat_between = int((fat_p[hits[-1] + 1 : top, c] >= 0.5).sum()) if hits.size else 0
-        above.append(bool(hits.size) and fat_between < one_mm)
+        if not hits.size:
+            above.append(False)
+            continue
+        fat_between = int((fat_p[hits[-1] + 1 : top, c] >= 0.5).sum())
+        c0, c1 = spans[int(sheets[hits[-1], c])]
+        above.append(fat_between < one_mm and c0 <= left and c1 >= right)
     return float(np.mean(above)) if above else 0.0
 
 

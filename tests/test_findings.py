@@ -430,6 +430,18 @@ def test_us_candidate_under_the_fascia_or_ringed_by_muscle_is_not_a_nodule():
     layered[:, :, 21:23, c0:c1] = 0.0
     layered[FASCIA, :, 21:23, c0:c1] = 1.0
     assert len(extract_nodules(series, layered, thresholds=THR)[0]) == 1
+    # nor does its own bright capsule arching over it, called fascia by the model (no wider than it)
+    capsule = blob(base, slice(30, 42))
+    capsule[:, :, 22:30, 72:98] = 0.0
+    capsule[FASCIA, :, 22:24, 72:98] = 1.0
+    capsule[BACKGROUND, :, 24:30, 72:98] = 1.0  # no fat between the arc and the (undersegmented) blob
+    assert len(extract_nodules(series, capsule, thresholds=THR)[0]) == 1
+    # a sheet broken into segments (gaps of 0.75 mm) still covers the blob in the muscle
+    broken = deep.copy()
+    for gap in range(c0 + 6, c1, 12):
+        broken[:, :, 45:48, gap : gap + 3] = 0.0
+        broken[BACKGROUND, :, 45:48, gap : gap + 3] = 1.0
+    assert extract_nodules(series, broken, thresholds=THR)[0] == []
     assert extract_nodules(series, deep, thresholds=THR)[0] == []
     # with the plausibility test off (the thresholds of the ablation), the deep blob is reported
     off = {**THR, "min_fat_context": 0.0, "max_fascia_above": 1.0}
