@@ -115,8 +115,10 @@ class ImageSeries:
 
     @property
     def calibrated(self) -> bool:
-        """True when millimetres can be measured (MR, or US with a calibrated region)."""
-        if self.modality == "MR":
+        """True when millimetres can be measured (a volume with a spacing, or a calibrated region)."""
+        from .profiles import profile_for
+
+        if profile_for(self.modality).is_volume:
             return self.spacing_mm is not None
         return any(r.spacing_mm is not None for r in self.regions)
 

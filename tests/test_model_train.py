@@ -96,7 +96,7 @@ def test_time_limit_stops_and_still_writes_the_bundle(data: Path, tmp_path: Path
 
 
 def test_config_errors(data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="modality must be US or MR"):
+    with pytest.raises(ConfigError, match="modality must be one of MR, US"):
         train(config(data, tmp_path, modality="CT"), log=quiet)
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(config(data, tmp_path), resume=True, device="cpu", log=quiet)

@@ -36,8 +36,9 @@ import numpy as np
 from ..errors import BackmiceError, ConfigError
 from ..fileio import write_atomic
 from ..labels import DEFECT, MODEL_CLASSES, NODULE
+from ..profiles import MODALITIES, PROFILES
 from ..types import ImageSeries
-from .inference import DEFAULT_MR, DEFAULT_US, Preprocessing, Tile, run_network
+from .inference import Preprocessing, Tile, run_network
 
 Log = Callable[[str], None]
 
@@ -70,8 +71,8 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """Validate a training config mapping and fill defaults (raises :class:`ConfigError`)."""
     out = dict(cfg)
     modality = str(out.get("modality", "")).upper()
-    if modality not in ("US", "MR"):
-        raise ConfigError(f"{where}: modality must be US or MR")
+    if modality not in PROFILES:
+        raise ConfigError(f"{where}: modality must be one of {', '.join(MODALITIES)}")
     out["modality"] = modality
     out.setdefault("name", f"backmice_{modality.lower()}")
     out.setdefault("seed", 0)
@@ -83,7 +84,7 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     out.setdefault("num_workers", 0)
     out.setdefault("calibrate", True)
     out.setdefault("augment", {})
-    base = DEFAULT_US if modality == "US" else DEFAULT_MR
+    base = PROFILES[modality].default_preprocessing()
     out["preprocessing"] = Preprocessing.from_dict(
         {**base.to_dict(), **(out.get("preprocessing") or {}), "modality": modality}
     ).to_dict()
