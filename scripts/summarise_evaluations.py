@@ -13,7 +13,7 @@ def _fmt(v: object, digits: int = 3) -> str:
 
 
 def main(root: Path) -> None:
-    rows = []
+    rows, curves = [], []
     for path in sorted(root.glob("*/evaluation.json")):
         report = json.loads(path.read_text())
         for modality, m in report["modalities"].items():
@@ -24,6 +24,10 @@ def main(root: Path) -> None:
             band_txt = " / ".join(
                 _fmt(next((v for k, v in b.items() if k.startswith("sensitivity")), None), 2)
                 for b in bands.values()
+            )
+            curves.append(
+                [path.parent.name, " / ".join(f"{x:.2f}" for x in fr["sensitivity"])]
+                + [_fmt(v, 2) for _, v in _cine_single(m)]
             )
             rows.append(
                 [
@@ -57,6 +61,18 @@ def main(root: Path) -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    print()
+    print("| run | FROC sensitivity at 0.125 / 0.25 / 0.5 / 1 / 2 FP | US single / cine / dual at 0.25 |")
+    print("|---|---|---|")
+    for r in curves:
+        print(f"| {r[0]} | {r[1]} | {' / '.join(r[2:]) or '–'} |")
+
+
+def _cine_single(m: dict) -> list[tuple[str, object]]:
+    """Sensitivity at the target rate of US single images, cine clips and dual views (empty for MR)."""
+    kinds = m.get("by_kind", {})
+    names = ("us_single", "us_cine", "us_dual")
+    return [(k, kinds[k].get("sensitivity_at_0.25")) for k in names if k in kinds]
 
 
 if __name__ == "__main__":
