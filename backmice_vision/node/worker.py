@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackmiceError, InvalidDicom, UnsupportedSeries
-from ..pipeline import FAILURES, DetectorSpec, detect_stage, error_line, get_detector, write_stage
+from ..pipeline import FAILURES, DetectorSpec, bound_heap, detect_stage, error_line, get_detector, write_stage
 
 PASSTHROUGH_VERSION = "passthrough-sc/1"
 _DICOM_SUFFIXES = {"seg": "seg", "sr": "sr", "sc": "sc"}
@@ -197,6 +197,7 @@ def _watch_parent(parent: int) -> None:
 def init_worker(settings: PipelineSettings, parent_pid: int) -> None:
     """Process-pool initializer: thread budget, parent watchdog, the model loaded once."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    bound_heap()
     if settings.pipeline == "detector":
         import torch
 
