@@ -100,6 +100,10 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
         train(config(data, tmp_path, modality="CT"), log=quiet)
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(config(data, tmp_path), resume=True, device="cpu", log=quiet)
+    deep = config(data, tmp_path)
+    deep["network"]["kwargs"].update(channels=[4, 4, 8, 8, 16, 16], strides=[2, 2, 2, 2, 2])  # factor 32
+    with pytest.raises(ConfigError, match=r"multiple \(16\) must be a multiple of the network's"):
+        train(deep, device="cpu", log=quiet)
     bad = config(data, tmp_path)
     bad["data"]["train"][0]["segment_map"] = {"Lipoma": "tumour"}
     with pytest.raises(ConfigError, match="unknown class 'tumour'"):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..errors import ModelError
 from ..labels import MODEL_CLASSES
 
@@ -66,6 +68,18 @@ def build_network(spec: dict[str, Any]) -> torch.nn.Module:
     except (TypeError, ValueError, AssertionError) as exc:
         raise ModelError(f"cannot build {name} from its spec ({exc})") from exc
     return net
+
+
+def downsampling_factor(spec: dict[str, Any]) -> int:
+    """How many input pixels one pixel of the network's coarsest level spans (the product of a UNet's
+    ``strides``; 2 ** levels for the other classes): tile sides must be a multiple of it."""
+    kwargs = spec.get("kwargs", {}) if isinstance(spec, dict) else {}
+    if isinstance(kwargs.get("strides"), list | tuple):
+        return int(np.prod(kwargs["strides"]))
+    levels = {"BasicUNet": 4, "AttentionUnet": len(kwargs.get("channels", [])) - 1}
+    if spec.get("class") == "SegResNet":
+        return 2 ** (len(kwargs.get("blocks_down", (1, 2, 2, 4))) - 1)
+    return 2 ** max(0, levels.get(str(spec.get("class")), 4))
 
 
 def count_parameters(net: torch.nn.Module) -> int:

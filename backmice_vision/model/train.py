@@ -88,6 +88,14 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     out["preprocessing"] = Preprocessing.from_dict(
         {**base.to_dict(), **(out.get("preprocessing") or {}), "modality": modality}
     ).to_dict()
+    from .network import default_spec, downsampling_factor
+
+    factor = downsampling_factor(out.get("network") or default_spec(1))
+    if out["preprocessing"]["multiple"] % factor:
+        raise ConfigError(
+            f"{where}: preprocessing.multiple ({out['preprocessing']['multiple']}) must be a multiple of "
+            f"the network's downsampling factor ({factor})"
+        )
     optim = {**DEFAULT_OPTIM, **(out.get("optim") or {})}
     for key in ("batch_size", "epochs", "steps_per_epoch"):
         if not isinstance(optim[key], int) or optim[key] < 1:
