@@ -8,8 +8,14 @@ maps voxel centres to patient mm, ultrasound regions carry their own ``(row, col
 fascia, nodule, defect), softmax over ``C``, on the source grid of the series.
 
 Instances
-    Voxels with nodule probability > ``nodule_threshold`` are grouped in-plane with 8-connectivity and
-    across slices / frames only where they overlap at the same ``(i, j)``: MR components are 3-D nodules;
+    Hysteresis, as in :func:`skimage.filters.apply_hysteresis_threshold`: voxels with nodule probability
+    > ``nodule_grow_threshold`` are grouped in-plane with 8-connectivity and across slices / frames only
+    where they overlap at the same ``(i, j)``, and a group is an instance when it holds a *core* voxel
+    (probability > ``nodule_threshold``). The core finds the nodule, the lower threshold gives its extent:
+    a large isoechoic nodule that the network is sure of only in part is measured whole, and fragments of
+    one nodule are one instance (a grow threshold at or above ``nodule_threshold`` is plain
+    thresholding). A bundle chooses it for its network (``postprocessing`` in its metadata, as nnU-Net
+    picks its post-processing on validation). MR components are 3-D nodules;
     an ultrasound component spanning several cine frames is one *tracked* nodule whose key frame is the
     frame of largest area (measurements and ``center_voxel`` come from that frame).
 
@@ -30,7 +36,8 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       in-plane area, which ignores single-pixel spikes) in a band of ``defect_band_mm`` around the
       nodule's deep half (voxels deeper than its centre), through the ``"defect"`` calibration;
       ``width_mm`` = extent across the beam of defect voxels (probability ≥ 0.5) in that band.
-    * ``confidence``: mean nodule probability inside the instance through the ``"nodule"`` calibration.
+    * ``confidence``: mean nodule probability of the instance's core voxels through the ``"nodule"``
+      calibration.
     * anatomical plausibility: an instance is dropped when less than ``min_fat_context`` of a 2 mm ring
       around it (key frame / central slice) is fat, fascia, nodule or defect by the model
       (:func:`fat_context`: a back mouse lies in the subcutaneous fat, on or through the fascia, never
@@ -76,7 +83,8 @@ class Thresholds(Mapping[str, float]):
     one-line :class:`~backmice_vision.errors.ConfigError`.
     """
 
-    nodule_threshold: float = 0.5  # nodule probability for a voxel to belong to an instance
+    nodule_threshold: float = 0.5  # nodule probability of an instance's core voxels
+    nodule_grow_threshold: float = 1.0  # the instance grows from its core over voxels above this (off)
     defect_threshold: float = 0.5  # calibrated defect probability for FasciaDefect.present
     min_diameter_mm: float = 5.0  # instances with a shorter longest diameter are dropped
     max_diameter_mm: float = 60.0  # longer ones too: back mice are 1-3 cm, > 5 cm is referred as a lipoma
@@ -228,6 +236,27 @@ def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int
             view[view > 0] += total
         total, start = total + int(n), stop
     return labels, total
+
+
+def nodule_instances(
+    nodule_p: np.ndarray, thresholds: Mapping[str, float], series: ImageSeries
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hysteresis instances of a nodule-probability array ``(n, rows, cols)``: ``(labels, core, n)``.
+
+    ``labels`` int32 numbers the :func:`label_tracks` components of ``nodule_p >
+    nodule_grow_threshold`` (at most ``nodule_threshold``) that hold a core voxel (``> nodule_threshold``)
+    1..n, 0 elsewhere; ``core`` is the bool core mask.
+    """
+    core = nodule_p > thresholds["nodule_threshold"]
+    grow = min(thresholds["nodule_grow_threshold"], thresholds["nodule_threshold"])
+    labels, n = label_tracks(nodule_p > grow, series)
+    if n == 0:
+        return labels, core, 0
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[labels[core]] = True
+    keep[0] = False
+    renumber = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
+    return renumber[labels], core, int(keep.sum())
 
 
 def _linear(series: ImageSeries) -> np.ndarray | None:
@@ -415,7 +444,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
     from scipy import ndimage
 
     nod_p = probs[NODULE]
-    labels, n = label_tracks(nod_p > thr["nodule_threshold"], series)
+    labels, core, n = nodule_instances(nod_p, thr, series)
     if n == 0:
         return []
     lin = _linear(series)
@@ -447,7 +476,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
             < thr["min_fat_context"]
         ):
             continue
-        score = float(nod_p[sl][comp].mean())
+        score = float(nod_p[sl][comp & core[sl]].mean())
         centre_mm = None if affine is None else affine[:3, :3] @ centre + affine[:3, 3]
         side: Literal["left", "right"] | None = None
         if centre_mm is not None and centre_mm[0] != 0:
@@ -663,7 +692,7 @@ def _us_region_instances(
 
     r0, c0, r1, c1 = region.box
     nod_p = probs[NODULE, :, r0:r1, c0:c1]
-    labels, n = label_tracks(nod_p > thr["nodule_threshold"], series)
+    labels, core, n = nodule_instances(nod_p, thr, series)
     if n == 0:
         return []
     sp = region.spacing_mm
@@ -679,13 +708,14 @@ def _us_region_instances(
         kk = int(np.argmax(areas))  # key frame, relative to the track
         key = comp[kk]
         k = sl[0].start + kk
-        if clip_frames[k] >= 5 and int((areas > 0).sum()) < thr["min_cine_frames"]:
+        core_frames = int((comp & core[sl]).reshape(comp.shape[0], -1).any(axis=1).sum())
+        if clip_frames[k] >= 5 and core_frames < thr["min_cine_frames"]:
             continue  # a blip on one frame of a sweep is not a nodule
         rows, cols = np.nonzero(key)
         rows = rows + sl[1].start  # region-relative
         cols = cols + sl[2].start
         ci, cj = float(rows.mean()), float(cols.mean())
-        score = float(nod_p[sl][comp].mean())
+        score = float(nod_p[sl][comp & core[sl]].mean())
 
         diameters: tuple[float, ...] = ()
         depth = fascia_depth = None

@@ -24,6 +24,7 @@ from backmice_vision.labels import BACKGROUND, DEFECT, FASCIA, FAT, MODEL_CLASSE
 from backmice_vision.types import FrameSource, ImageSeries, UltrasoundRegion
 
 THR = dict(DEFAULT_THRESHOLDS)
+GROW = {**THR, "nodule_grow_threshold": 0.25}  # hysteresis instances (a bundle's postprocessing)
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 
 
@@ -491,3 +492,46 @@ def test_us_cine_one_frame_gap_is_bridged_and_a_one_frame_blip_dropped():
     series, p = clip([3])
     series.sources = [FrameSource(f"1.2.3.{k}", US_MULTIFRAME, 1) for k in range(n_frames)]
     assert len(extract_nodules(series, p, thresholds=THR)[0]) == 1
+
+
+def test_us_instance_is_grown_from_its_core_over_the_lower_threshold():
+    """Hysteresis: a 40 x 30 px nodule the network is sure of (p 0.9) only in a 10 x 10 px core, the
+    rest at p 0.35, measures 40 x 30 px; its confidence is the core's; two cores joined by p 0.35 are
+    one nodule; a p 0.35 blob without a core is none."""
+    tissue = np.zeros((1, *FRAME), dtype=bool)
+    tissue[:, 20:100, 30:150] = True
+    p = _probs(tissue.shape, tissue)
+    _put(p, NODULE, (slice(0, 1), slice(50, 80), slice(60, 100)), 0.35)
+    _put(p, NODULE, (slice(0, 1), slice(60, 70), slice(65, 75)), 0.9)
+    _put(p, NODULE, (slice(0, 1), slice(60, 70), slice(85, 95)), 0.9)
+    _put(p, NODULE, (slice(0, 1), slice(25, 45), slice(110, 140)), 0.35)  # no core: not a nodule
+    series = _series("US", np.zeros((1, *FRAME)), regions=[REGION])
+    (n,), _ = extract_nodules(series, p, thresholds=GROW)
+    assert n.diameters_mm == pytest.approx((40 * 0.25, 30 * 0.2))
+    assert n.confidence == pytest.approx(0.9)
+    # without growing (the default): two 2.5 x 2 mm blobs, below the 5 mm minimum, so no finding at all
+    assert extract_nodules(series, p, thresholds=THR)[0] == []
+
+
+def test_us_cine_blip_with_a_halo_on_other_frames_is_still_a_blip():
+    n_frames = 6
+    tissue = np.zeros((n_frames, *FRAME), dtype=bool)
+    tissue[:, 20:100, 30:150] = True
+    p = _probs(tissue.shape, tissue)
+    _put(p, NODULE, (slice(0, n_frames), slice(50, 70), slice(60, 90)), 0.3)  # halo on every frame
+    _put(p, NODULE, (slice(2, 3), slice(50, 70), slice(60, 90)), 0.9)  # core on one frame
+    series = _series("US", np.zeros((n_frames, *FRAME)), regions=[REGION])
+    series.sources = [FrameSource("1.2.3.9", US_MULTIFRAME, k + 1) for k in range(n_frames)]
+    assert extract_nodules(series, p, thresholds=GROW)[0] == []
+    _put(p, NODULE, (slice(3, 4), slice(50, 70), slice(60, 90)), 0.9)  # and on a second frame: a finding
+    (n,), _ = extract_nodules(series, p, thresholds=GROW)
+    assert n.bbox[0] == 0 and n.bbox[3] == n_frames  # its extent is the halo's
+
+
+def test_mr_instance_is_grown_from_its_core():
+    series, p = _mr_case(np.diag([0.8, 0.7, 0.7, 1.0]))
+    _put(p, NODULE, (slice(4, 8), slice(30, 40), slice(20, 35)), 0.35)
+    _put(p, NODULE, (slice(5, 7), slice(33, 37), slice(25, 30)), 0.9)
+    (n,), _ = extract_nodules(series, p, thresholds=GROW)
+    assert n.volume_ml == pytest.approx(4 * 10 * 15 * 0.8 * 0.7 * 0.7 / 1000)
+    assert n.confidence == pytest.approx(0.9)

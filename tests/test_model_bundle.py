@@ -153,6 +153,29 @@ def test_detector_on_a_bundle(tmp_path: Path) -> None:
     assert det.bundle_for("MR") is det.bundle_for("MR")  # loaded once
 
 
+def test_bundle_postprocessing_applies_over_the_config_and_under_the_callers_thresholds(
+    tmp_path: Path,
+) -> None:
+    from backmice_vision.io import load_series
+    from backmice_vision.model.detector import Detector
+
+    series_dir, _, _, _ = write_mr_with_seg(tmp_path / "data")
+    path = tiny_bundle(tmp_path / "m")
+    meta = json.loads((path / METADATA).read_text())
+    meta["postprocessing"] = {"nodule_grow_threshold": 0.25, "min_volume_mm3": 40}
+    (path / METADATA).write_text(json.dumps(meta))
+    series = load_series(series_dir)
+    res = Detector.from_pretrained(path, device="cpu").detect(series)
+    assert res.thresholds["nodule_grow_threshold"] == 0.25 and res.thresholds["min_volume_mm3"] == 40
+    assert res.thresholds["nodule_threshold"] == 0.5  # the rest from configs/inference.yaml
+    caller = Detector.from_pretrained(path, device="cpu", thresholds={"nodule_grow_threshold": 0.4})
+    assert caller.thresholds_for("MR")["nodule_grow_threshold"] == 0.4
+    meta["postprocessing"] = {"nodule_grow": 0.25}
+    (path / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="unknown threshold 'nodule_grow'"):
+        load_bundle(path)
+
+
 def test_cpu_bundle_runs_channels_last_with_the_same_probabilities(tmp_path: Path) -> None:
     """On the CPU the loaded network is NHWC (faster oneDNN convolutions); its probabilities equal those
     of the same weights in the default NCHW layout."""

@@ -56,12 +56,14 @@ def quiet(msg: str) -> None:
 
 
 def test_train_learns_and_writes_a_bundle(data: Path, tmp_path: Path) -> None:
-    out = train(config(data, tmp_path), device="cpu", log=quiet)
+    cfg = config(data, tmp_path, postprocessing={"nodule_grow_threshold": 0.3})
+    out = train(cfg, device="cpu", log=quiet)
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["loss"] < history[0]["loss"]
     b = load_bundle(out)
     assert b.metadata["training"]["epochs_run"] == 3
+    assert b.postprocessing == {"nodule_grow_threshold": 0.3}
     assert b.metadata["metrics"]["validation"]["mean_dice"] == max(h["mean_dice"] for h in history)
     assert "Dice" in (out / CARD).read_text()
 
@@ -104,6 +106,8 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
     deep["network"]["kwargs"].update(channels=[4, 4, 8, 8, 16, 16], strides=[2, 2, 2, 2, 2])  # factor 32
     with pytest.raises(ConfigError, match=r"multiple \(16\) must be a multiple of the network's"):
         train(deep, device="cpu", log=quiet)
+    with pytest.raises(ConfigError, match="postprocessing: unknown threshold 'grow'"):
+        train(config(data, tmp_path, postprocessing={"grow": 0.3}), device="cpu", log=quiet)
     bad = config(data, tmp_path)
     bad["data"]["train"][0]["segment_map"] = {"Lipoma": "tumour"}
     with pytest.raises(ConfigError, match="unknown class 'tumour'"):

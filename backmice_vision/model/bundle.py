@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..labels import MODEL_CLASSES
 from ..profiles import PROFILES
 from ..resources import models_dir
@@ -100,6 +100,13 @@ class Bundle:
         return str(self.metadata.get("version", "0"))
 
     @property
+    def postprocessing(self) -> dict[str, float]:
+        """Threshold values chosen for this network on its validation set (``metadata.postprocessing``),
+        applied over ``configs/inference.yaml``; thresholds given to a Detector override them."""
+        post = self.metadata.get("postprocessing") or {}
+        return dict(post) if isinstance(post, dict) else {}
+
+    @property
     def calibration(self) -> dict[str, Any]:
         cal = self.metadata.get("calibration") or {}
         return cal if isinstance(cal, dict) else {}
@@ -159,6 +166,7 @@ def make_metadata(
     training: dict[str, Any],
     metrics: dict[str, Any],
     calibration: dict[str, Any] | None = None,
+    postprocessing: dict[str, float] | None = None,
     version: str = "0.1.0",
     changelog: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -210,6 +218,7 @@ def make_metadata(
         "training": training,
         "metrics": metrics,
         "calibration": calibration or {},
+        **({"postprocessing": postprocessing} if postprocessing else {}),
     }
 
 
@@ -299,6 +308,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{METADATA} has no valid outputs.pred.channel_def", folder) from exc
     if classes != MODEL_CLASSES:
         raise ModelError(f"model classes {classes} differ from this library's {MODEL_CLASSES}", folder)
+    if "postprocessing" in meta:
+        from ..findings import Thresholds
+
+        post = meta["postprocessing"]
+        if not isinstance(post, dict):
+            raise ModelError(f"{METADATA} postprocessing is not a mapping of thresholds", folder)
+        try:
+            Thresholds.check(post, f"{METADATA} postprocessing")
+        except ConfigError as exc:
+            raise ModelError(exc.reason, folder) from exc
     return meta
 
 

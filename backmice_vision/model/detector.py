@@ -93,6 +93,14 @@ class Detector:
 
         return load_thresholds(self._config).replace(self._thresholds)
 
+    def thresholds_for(self, modality: str) -> Thresholds:
+        """The thresholds a series of ``modality`` is analysed with: ``config``, then the bundle's
+        ``postprocessing`` (chosen for its network), then the ``thresholds`` given to the constructor."""
+        from ..findings import load_thresholds
+
+        post = self.bundle_for(modality).postprocessing
+        return load_thresholds(self._config).replace(post).replace(self._thresholds)
+
     def bundle_for(self, modality: str) -> Bundle:
         """The bundle for ``modality`` (loaded on first use); :class:`UnsupportedSeries` for a modality
         without a profile (:mod:`backmice_vision.profiles`)."""
@@ -131,7 +139,7 @@ class Detector:
         timings: dict[str, float] = {}
         probs = self.probabilities(series, timings)
         t0 = time.perf_counter()
-        thresholds = self.thresholds
+        thresholds = self.thresholds_for(series.modality)
         nodules, series_p = extract_nodules(
             series, probs, calibration=bundle.calibration, thresholds=thresholds
         )

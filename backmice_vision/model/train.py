@@ -8,7 +8,9 @@ a phantom source with ``generate: {cases, seed[, config][, anatomy]}`` is genera
 folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys), ``augment``, ``optim``
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``init_from`` (optional bundle folder
-whose weights start the training: fine-tuning, e.g. the shipped model on your own annotated DICOM).
+whose weights start the training: fine-tuning, e.g. the shipped model on your own annotated DICOM),
+``postprocessing`` (optional inference thresholds for this network, e.g. ``nodule_grow_threshold``:
+stored in the bundle, applied over ``configs/inference.yaml`` and used by the calibration).
 
 Loop: DiceCE loss (Dice without background, over the batch) on class-balanced patches; AdamW with cosine
 decay per epoch; validation after every epoch on the full validation tiles (Dice of nodule and defect over
@@ -27,7 +29,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,9 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     out.setdefault("max_minutes", None)
     out.setdefault("num_workers", 0)
     out.setdefault("calibrate", True)
+    from ..findings import Thresholds
+
+    out["postprocessing"] = Thresholds.check(out.get("postprocessing") or {}, f"{where}: postprocessing")
     out.setdefault("augment", {})
     base = PROFILES[modality].default_preprocessing()
     out["preprocessing"] = Preprocessing.from_dict(
@@ -387,7 +392,9 @@ def train(
     calibration: dict[str, Any] = {}
     cal_report: dict[str, Any] = {}
     if cfg["calibrate"]:
-        calibration, cal_report = fit_detection_calibration(net, prep, data["val"], dev, log)
+        calibration, cal_report = fit_detection_calibration(
+            net, prep, data["val"], dev, log, postprocessing=cfg["postprocessing"]
+        )
     training = {
         "config": {k: v for k, v in cfg.items() if k not in ("data",)} | {"data": data},
         "data": f"{len(train_items)} training / {len(val_items)} validation series "
@@ -417,6 +424,7 @@ def train(
         training=training,
         metrics=metrics_out,
         calibration=calibration,
+        postprocessing=cfg["postprocessing"],
     )
     meta["network"]["parameters"] = count_parameters(net)
     out = save_bundle(cfg["out"], best_ck["model"], meta, model_card(meta))
@@ -464,8 +472,10 @@ def fit_detection_calibration(
     device: Any,
     log: Log,
     max_series: int = 40,
+    postprocessing: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit ``nodule``/``defect``/``series`` calibration (Platt) on detections in the validation series.
+    """Fit ``nodule``/``defect``/``series`` calibration (Platt) on detections in the validation series,
+    found with ``configs/inference.yaml`` and the bundle's ``postprocessing`` thresholds.
 
     Any validation source works: phantoms (their ground truth) and annotated DICOM SEG or NIfTI (nodules
     of the annotation, see :func:`_calibration_cases`). Returns ``(calibration params, report)``; a key
@@ -475,7 +485,7 @@ def fit_detection_calibration(
     from .calibration import expected_calibration_error, fit_calibration
     from .inference import predict_probabilities
 
-    thresholds = dict(load_thresholds())
+    thresholds = dict(load_thresholds().replace(postprocessing))
     scores: dict[str, list[tuple[float, int]]] = {"nodule": [], "defect": [], "series": []}
     n = 0
     for series, truth in _calibration_cases(val_sources, prep.modality, thresholds, log):
