@@ -97,6 +97,32 @@ def test_time_limit_stops_and_still_writes_the_bundle(data: Path, tmp_path: Path
     assert training["history"][0]["steps"] == 1
 
 
+def test_validation_can_add_a_fixed_set_of_domain_randomised_images(data: Path, tmp_path: Path) -> None:
+    synthetic = {"type": "synthetic", "subjects": 2, "pool": 3, "seed": 5, "samples": 3}
+    cfg = config(data, tmp_path, max_minutes=1e-6)
+    cfg["data"]["val"].append(synthetic)
+    messages: list[str] = []
+    train(cfg, device="cpu", log=messages.append)
+    plain: list[str] = []
+    train(config(data, tmp_path / "plain", max_minutes=1e-6), device="cpu", log=plain.append)
+
+    def tiles(log: list[str]) -> int:
+        line = next(m for m in log if "validation tiles" in m)
+        return int(line.split(" validation tiles")[0].rsplit(" ", 1)[1])
+
+    assert tiles(messages) == tiles(plain) + 3
+    from backmice_vision.model.inference import DEFAULT_MR
+    from backmice_vision.model.synthetic import SyntheticSource
+
+    first = SyntheticSource.from_config(synthetic, DEFAULT_MR).fixed_samples(3)
+    again = SyntheticSource.from_config(synthetic, DEFAULT_MR).fixed_samples(3)
+    for a, b in zip(first, again, strict=True):  # the same images in every run
+        torch.testing.assert_close(torch.from_numpy(a["image"]), torch.from_numpy(b["image"]), rtol=0, atol=0)
+    cfg["data"]["val"] = [synthetic]
+    with pytest.raises(ConfigError, match=r"data\.val needs annotated sources"):
+        train(cfg, device="cpu", log=quiet)
+
+
 def test_config_errors(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="modality must be one of MR, US"):
         train(config(data, tmp_path, modality="CT"), log=quiet)

@@ -31,7 +31,7 @@ from ..labels import tissue_to_class_lut
 from .inference import Preprocessing, _scale
 
 _CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
-SYNTHETIC_KEYS = frozenset({"type", "share", "subjects", "pool", "seed", "anatomy"})
+SYNTHETIC_KEYS = frozenset({"type", "share", "subjects", "pool", "seed", "anatomy", "samples"})
 
 
 @dataclass
@@ -95,6 +95,12 @@ class SyntheticSource:
                     subject, rng, self.prep.spacing_mm, self.prep.context
                 )
         return self._maps[p]
+
+    def fixed_samples(self, n: int) -> list[dict[str, np.ndarray]]:
+        """``n`` samples drawn once from ``seed`` (a validation set of the randomised look: the same
+        images for every epoch and every run with this source)."""
+        rng = np.random.default_rng([self.seed, n, 0x7A1])
+        return [self.sample(rng) for _ in range(n)]
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One sample with a new appearance for a pool label map chosen by ``rng``."""

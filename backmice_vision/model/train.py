@@ -5,7 +5,9 @@ Config keys (``configs/train_us.yaml`` documents each; relative paths are relati
 ``cache_dir`` (preprocessed samples), ``out`` (bundle folder), ``preprocessing``, ``network`` (optional
 MONAI spec), ``data`` (``train`` / ``val`` source lists, see :mod:`backmice_vision.model.data`;
 a phantom source with ``generate: {cases, seed[, config][, anatomy]}`` is generated first when its
-folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys), ``augment``, ``optim``
+folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys; ``val`` may add one
+``type: synthetic`` source: its ``samples`` fixed randomised images join the validation tiles that
+choose the checkpoint, not the calibration), ``augment``, ``optim``
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``init_from`` (optional bundle folder
 whose weights start the training: fine-tuning, e.g. the shipped model on your own annotated DICOM),
@@ -112,6 +114,10 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     data.setdefault("max_frames_per_series", 8)
     data.setdefault("max_val_samples", 120)
     return out
+
+
+def _is_synthetic(source: Any) -> bool:
+    return isinstance(source, dict) and source.get("type") == "synthetic"
 
 
 def _maybe_generate(sources: list[dict[str, Any]], modality: str, log: Log) -> None:
@@ -254,8 +260,12 @@ def train(
     if len(synthetic_cfg) > 1:
         raise ConfigError("data.train may hold one synthetic source")
     synthetic = SyntheticSource.from_config(synthetic_cfg[0], prep) if synthetic_cfg else None
-    annotated = [s for s in data["train"] if not (isinstance(s, dict) and s.get("type") == "synthetic")]
-    train_items, val_items = collect_items(annotated), collect_items(data["val"])
+    annotated = [s for s in data["train"] if not _is_synthetic(s)]
+    val_annotated = [s for s in data["val"] if not _is_synthetic(s)]
+    val_synthetic = [s for s in data["val"] if _is_synthetic(s)]
+    if len(val_synthetic) > 1 or not val_annotated:
+        raise ConfigError("data.val needs annotated sources and may add one synthetic source")
+    train_items, val_items = collect_items(annotated), collect_items(val_annotated)
     train_samples = list(build_samples(train_items, prep, cache, int(data["max_frames_per_series"]), log))
     val_all = list(build_samples(val_items, prep, cache, int(data["max_frames_per_series"]), log))
     if (not train_samples and synthetic is None) or not val_all:
@@ -264,6 +274,9 @@ def train(
         np.linspace(0, len(val_all) - 1, min(len(val_all), int(data["max_val_samples"]))).round().astype(int)
     )
     val_samples = [val_all[i] for i in sorted(set(pick.tolist()))]
+    if val_synthetic:  # checkpoints are chosen on the randomised look too, not only on the simulator's
+        val_source = SyntheticSource.from_config(val_synthetic[0], prep)
+        val_samples += val_source.fixed_samples(int(val_synthetic[0].get("samples", 100)))
     share = float(synthetic_cfg[0].get("share", 0.5)) if synthetic_cfg else 0.0
     freq = class_frequencies(train_samples) if train_samples else np.zeros(len(MODEL_CLASSES))
     log(
@@ -393,7 +406,7 @@ def train(
     cal_report: dict[str, Any] = {}
     if cfg["calibrate"]:
         calibration, cal_report = fit_detection_calibration(
-            net, prep, data["val"], dev, log, postprocessing=cfg["postprocessing"]
+            net, prep, val_annotated, dev, log, postprocessing=cfg["postprocessing"]
         )
     training = {
         "config": {k: v for k, v in cfg.items() if k not in ("data",)} | {"data": data},
