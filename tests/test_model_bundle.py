@@ -222,7 +222,10 @@ def _offline_prefix() -> tuple[list[str], dict[str, str]]:
 
 def _monai_run(root: Path, input_path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """``python -m monai.bundle run`` exactly as the model card documents it, offline."""
+    import torch
+
     prefix, env = _offline_prefix()
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # as this process: the same kernels, the same sums
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(root)]
     cmd += ["--config_file", str(root / INFERENCE), "--meta_file", str(root / METADATA)]
     cmd += ["--input_path", str(input_path), "--output_dir", str(out), *extra]

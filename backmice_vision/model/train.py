@@ -230,7 +230,20 @@ def _seed_epoch(seed: int, epoch: int, transforms: Any) -> None:
 def train(
     config: dict[str, Any] | str | Path, *, resume: bool = False, device: str = "auto", log: Log = print
 ) -> Path:
-    """Train per ``config`` (a mapping or a YAML path) and write the bundle; returns the bundle folder."""
+    """Train per ``config`` (a mapping or a YAML path) and write the bundle; returns the bundle folder.
+
+    ``num_threads`` applies to this call only: torch's thread count is restored afterwards, so a caller's
+    later inference runs (and sums) as it did before."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, resume=resume, device=device, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, log: Log) -> Path:
     import torch
     from monai.data import DataLoader
     from monai.losses import DiceCELoss
