@@ -348,7 +348,7 @@ def _peak(values: np.ndarray, pixel_area_mm2: float | None) -> float:
         return 0.0
     n = 10 if pixel_area_mm2 is None else max(1, round(1.0 / pixel_area_mm2))
     n = min(n, values.size)
-    return float(np.partition(values, values.size - n)[values.size - n :].mean())
+    return float(np.partition(values, values.size - n)[values.size - n :].mean(dtype=np.float64))
 
 
 def _defect_band(
@@ -476,7 +476,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
             < thr["min_fat_context"]
         ):
             continue
-        score = float(nod_p[sl][comp & core[sl]].mean())
+        score = float(nod_p[sl][comp & core[sl]].mean(dtype=np.float64))  # float64 sum: alignment-independent
         centre_mm = None if affine is None else affine[:3, :3] @ centre + affine[:3, 3]
         side: Literal["left", "right"] | None = None
         if centre_mm is not None and centre_mm[0] != 0:
@@ -715,7 +715,7 @@ def _us_region_instances(
         rows = rows + sl[1].start  # region-relative
         cols = cols + sl[2].start
         ci, cj = float(rows.mean()), float(cols.mean())
-        score = float(nod_p[sl][comp & core[sl]].mean())
+        score = float(nod_p[sl][comp & core[sl]].mean(dtype=np.float64))  # float64 sum: alignment-independent
 
         diameters: tuple[float, ...] = ()
         depth = fascia_depth = None
