@@ -71,15 +71,15 @@ def build_network(spec: dict[str, Any]) -> torch.nn.Module:
 
 
 def downsampling_factor(spec: dict[str, Any]) -> int:
-    """How many input pixels one pixel of the network's coarsest level spans (the product of a UNet's
-    ``strides``; 2 ** levels for the other classes): tile sides must be a multiple of it."""
+    """How many input pixels one pixel of the network's coarsest level spans: tile sides must be a
+    multiple of it. UNet and AttentionUnet: the product of their ``strides``; SegResNet: 2 per level
+    after the first; BasicUNet: four poolings (16; FlexibleUNet pads its input itself)."""
     kwargs = spec.get("kwargs", {}) if isinstance(spec, dict) else {}
     if isinstance(kwargs.get("strides"), list | tuple):
         return int(np.prod(kwargs["strides"]))
-    levels = {"BasicUNet": 4, "AttentionUnet": len(kwargs.get("channels", [])) - 1}
     if spec.get("class") == "SegResNet":
         return 2 ** (len(kwargs.get("blocks_down", (1, 2, 2, 4))) - 1)
-    return 2 ** max(0, levels.get(str(spec.get("class")), 4))
+    return 16
 
 
 def count_parameters(net: torch.nn.Module) -> int:
