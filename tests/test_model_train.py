@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from model_factory import SEGMENT_MAP, TINY_NET, write_mr_with_seg
 
 from backmice_vision.errors import ConfigError
+from backmice_vision.labels import MODEL_CLASSES
 from backmice_vision.model.bundle import CARD, load_bundle
 from backmice_vision.model.train import train
 
@@ -134,6 +136,10 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
         train(deep, device="cpu", log=quiet)
     with pytest.raises(ConfigError, match="postprocessing: unknown threshold 'grow'"):
         train(config(data, tmp_path, postprocessing={"grow": 0.3}), device="cpu", log=quiet)
+    mr_cal = config(data, tmp_path)
+    mr_cal["data"]["val"].append({"type": "synthetic", "samples": 0, "calibration_samples": 5})
+    with pytest.raises(ConfigError, match="calibration_samples is for ultrasound only"):
+        train(mr_cal, device="cpu", log=quiet)
     bad = config(data, tmp_path)
     bad["data"]["train"][0]["segment_map"] = {"Lipoma": "tumour"}
     with pytest.raises(ConfigError, match="unknown class 'tumour'"):
@@ -169,3 +175,40 @@ def test_calibration_reads_annotated_dicom_seg_validation_data(data: Path, tmp_p
     # the one annotated validation series (a SEG with a nodule) is used, not skipped as "not a phantom"
     assert report["series_used"] == 1
     assert report["series"]["n"] == 1
+
+
+def test_calibration_adds_domain_randomised_ultrasound_images() -> None:
+    from backmice_vision.evaluation import truth_from_labels
+    from backmice_vision.model.bundle import default_bundle_dir
+    from backmice_vision.model.synthetic import SyntheticSource
+    from backmice_vision.model.train import fit_detection_calibration
+
+    bundle = load_bundle(default_bundle_dir("US"))
+    prep = bundle.preprocessing
+    entry = {
+        "type": "synthetic",
+        "subjects": 3,
+        "pool": 6,
+        "seed": 11,
+        "samples": 0,
+        "anatomy": {"no_nodule_prob": 0.0},
+        "calibration_samples": 4,
+    }
+    source = SyntheticSource.from_config(entry, prep)
+    cases = list(source.calibration_series(4))
+    again = list(source.calibration_series(4))
+    nodules = 0
+    for (series, labels), (series_b, _) in zip(cases, again, strict=True):
+        np.testing.assert_array_equal(series.pixels, series_b.pixels)  # drawn once from the seed
+        (region,) = series.regions
+        assert series.shape == labels.shape and region.spacing_mm == (prep.spacing_mm, prep.spacing_mm)
+        for truth in truth_from_labels(series, labels):
+            rows, cols = np.nonzero(labels[0] == MODEL_CLASSES.index("nodule"))
+            extent_mm = prep.spacing_mm * (max(np.ptp(rows), np.ptp(cols)) + 1)
+            assert 0.5 * extent_mm <= max(truth["diameters_mm"]) <= 1.5 * extent_mm
+            nodules += 1
+    assert nodules > 0
+    _, report = fit_detection_calibration(bundle.network, prep, [entry], torch.device("cpu"), quiet)
+    assert report["series_used"] == 4 and report["series"]["n"] == 4
+    with pytest.raises(ConfigError, match="calibration_samples must be an integer"):
+        SyntheticSource.from_config({**entry, "calibration_samples": -1}, prep)

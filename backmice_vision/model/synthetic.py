@@ -12,6 +12,9 @@ own DICOM SEG / NIfTI, :mod:`.data`)::
       seed: 7
       anatomy: {...}        # AnatomyConfig overrides (e.g. nodule sizes 5-45 mm)
 
+Under ``data.val`` the same entry adds ``samples`` fixed randomised tiles to the checkpoint selection and
+(ultrasound) ``calibration_samples`` randomised images to the confidence calibration.
+
 :class:`MixedTrainingSet` is the epoch's list of images: item ``i`` of epoch ``e`` is a pure function of
 ``(seed, e, i)``, so a run resumed from its checkpoint draws the same images as an uninterrupted one.
 Samples are ``{"image": float32 (C, h, w) in [0, 1], "label": uint8 (1, h, w)}`` in model space, as the
@@ -20,6 +23,7 @@ tiles of :func:`~backmice_vision.model.data.series_samples` (before the training
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +32,13 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..labels import tissue_to_class_lut
+from ..types import FrameSource, ImageSeries, UltrasoundRegion
 from .inference import Preprocessing, _scale
 
 _CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
-SYNTHETIC_KEYS = frozenset({"type", "share", "subjects", "pool", "seed", "anatomy", "samples"})
+SYNTHETIC_KEYS = frozenset(
+    {"type", "share", "subjects", "pool", "seed", "anatomy", "samples", "calibration_samples"}
+)
 
 
 @dataclass
@@ -67,6 +74,11 @@ class SyntheticSource:
             raise ConfigError("synthetic source: subjects, pool and seed must be integers") from None
         if src.subjects < 1 or src.pool < 1:
             raise ConfigError("synthetic source: subjects and pool must be >= 1")
+        for key in ("samples", "calibration_samples"):
+            if key in entry and (not isinstance(entry[key], int) or entry[key] < 0):
+                raise ConfigError(f"synthetic source: {key} must be an integer >= 0")
+        if entry.get("calibration_samples") and prep.modality != "US":
+            raise ConfigError("synthetic source: calibration_samples is for ultrasound only")
         from ..phantoms.anatomy import AnatomyConfig
 
         AnatomyConfig.from_dict(src.anatomy)  # fail at start, not in the middle of an epoch
@@ -101,6 +113,25 @@ class SyntheticSource:
         images for every epoch and every run with this source)."""
         rng = np.random.default_rng([self.seed, n, 0x7A1])
         return [self.sample(rng) for _ in range(n)]
+
+    def calibration_series(self, n: int) -> Iterator[tuple[ImageSeries, np.ndarray]]:
+        """``n`` randomised ultrasound images drawn once from ``seed`` (not those of
+        :meth:`fixed_samples`) as calibrated single-frame series at the model spacing, with their class
+        labels uint8 ``(1, rows, cols)``: detections on them calibrate the confidence for looks other
+        than the physics simulator's. Ultrasound only (a randomised MR stack has no slice geometry)."""
+        from ..phantoms import randomise
+
+        if self.prep.modality != "US":
+            raise ConfigError("synthetic source: calibration_samples is for ultrasound only")
+        rng = np.random.default_rng([self.seed, n, 0xCA1])
+        sp = float(self.prep.spacing_mm)
+        for k in range(n):
+            labels = self.label_map(int(rng.integers(self.pool)))
+            image = np.ascontiguousarray(randomise.randomise_us(labels, rng, sp)[None], np.float32)
+            rows, cols = labels.shape
+            region = UltrasoundRegion(0, (0, 0, rows, cols), (sp, sp))
+            frames = [FrameSource(f"synthetic:{self.seed}:{k}", "", 1)]
+            yield ImageSeries("US", image, None, frames, "", "", regions=[region]), _CLASS_LUT[labels][None]
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One sample with a new appearance for a pool label map chosen by ``rng``."""

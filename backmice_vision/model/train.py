@@ -7,7 +7,8 @@ MONAI spec), ``data`` (``train`` / ``val`` source lists, see :mod:`backmice_visi
 a phantom source with ``generate: {cases, seed[, config][, anatomy]}`` is generated first when its
 folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys; ``val`` may add one
 ``type: synthetic`` source: its ``samples`` fixed randomised images join the validation tiles that
-choose the checkpoint, not the calibration), ``augment``, ``optim``
+choose the checkpoint, its ``calibration_samples`` randomised ultrasound images the calibration),
+``augment``, ``optim``
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``init_from`` (optional bundle folder
 whose weights start the training: fine-tuning, e.g. the shipped model on your own annotated DICOM),
@@ -22,7 +23,7 @@ phantoms when ``data.train`` holds a ``type: synthetic`` source). Every epoch re
 torch, the MONAI transforms and the image draw from ``seed`` and the epoch, so a run resumed from
 ``last.pt`` (model, optimizer, scheduler, epoch, best, history) continues exactly as the uninterrupted one.
 At the end the best weights become a bundle (atomic write), with calibration fitted on the validation
-phantoms when ``calibrate``.
+series (and randomised images) when ``calibrate``.
 """
 
 from __future__ import annotations
@@ -419,7 +420,7 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
     cal_report: dict[str, Any] = {}
     if cfg["calibrate"]:
         calibration, cal_report = fit_detection_calibration(
-            net, prep, val_annotated, dev, log, postprocessing=cfg["postprocessing"]
+            net, prep, data["val"], dev, log, postprocessing=cfg["postprocessing"]
         )
     training = {
         "config": {k: v for k, v in cfg.items() if k not in ("data",)} | {"data": data},
@@ -462,33 +463,53 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
 
 
 def _calibration_cases(
-    val_sources: list[dict[str, Any]], modality: str, thresholds: dict[str, float], log: Log
+    val_sources: list[dict[str, Any]],
+    prep: Preprocessing,
+    thresholds: dict[str, float],
+    log: Log,
+    max_series: int,
 ) -> Iterator[tuple[ImageSeries, list[dict[str, Any]]]]:
-    """``(series, ground-truth nodules)`` of every validation series: a phantom's ``ground_truth.json``
-    (visible nodules), or for annotated DICOM / NIfTI the nodules of its label map
-    (:func:`~backmice_vision.evaluation.truth_from_labels`). Series that cannot be read are logged."""
+    """``(series, ground-truth nodules)`` for the calibration: the first ``max_series`` annotated
+    validation series (a phantom's ``ground_truth.json``, visible nodules; for annotated DICOM / NIfTI the
+    nodules of its label map, :func:`~backmice_vision.evaluation.truth_from_labels`), then the
+    ``calibration_samples`` randomised images of a ``type: synthetic`` source (nodules of their label
+    maps). Series that cannot be read are logged."""
     from ..evaluation import find_cases, read_ground_truth, truth_from_labels
     from ..io import load_series
     from .data import collect_items, load_item
+    from .synthetic import SyntheticSource
 
-    for src in val_sources:
-        if src.get("type") == "phantom":
-            for gt in find_cases([Path(src["path"])]):
-                for entry in read_ground_truth(gt)["series"]:
-                    try:
-                        series = load_series(gt.parent / entry["folder"])
-                    except BackmiceError as exc:
-                        log(f"calibration: skipped {gt.parent.name}/{entry['folder']}: {exc.reason}")
-                        continue
-                    yield series, [t for t in entry.get("nodules", []) if t.get("visible", True)]
-            continue
-        for item in collect_items([src]):
-            try:
-                series, labels = load_item(item, modality)
-            except BackmiceError as exc:
-                log(f"calibration: skipped {item.key}: {exc.reason}")
+    def annotated() -> Iterator[tuple[ImageSeries, list[dict[str, Any]]]]:
+        for src in val_sources:
+            if _is_synthetic(src):
                 continue
-            yield series, truth_from_labels(series, labels, thresholds)
+            if src.get("type") == "phantom":
+                for gt in find_cases([Path(src["path"])]):
+                    for entry in read_ground_truth(gt)["series"]:
+                        try:
+                            series = load_series(gt.parent / entry["folder"])
+                        except BackmiceError as exc:
+                            log(f"calibration: skipped {gt.parent.name}/{entry['folder']}: {exc.reason}")
+                            continue
+                        yield series, [t for t in entry.get("nodules", []) if t.get("visible", True)]
+                continue
+            for item in collect_items([src]):
+                try:
+                    series, labels = load_item(item, prep.modality)
+                except BackmiceError as exc:
+                    log(f"calibration: skipped {item.key}: {exc.reason}")
+                    continue
+                yield series, truth_from_labels(series, labels, thresholds)
+
+    for k, case in enumerate(annotated()):
+        if k >= max_series:
+            break
+        yield case
+    for src in val_sources:
+        if _is_synthetic(src) and int(src.get("calibration_samples", 0)) > 0:
+            synthetic = SyntheticSource.from_config(src, prep)
+            for series, labels in synthetic.calibration_series(int(src["calibration_samples"])):
+                yield series, truth_from_labels(series, labels, thresholds)
 
 
 def fit_detection_calibration(
@@ -503,9 +524,10 @@ def fit_detection_calibration(
     """Fit ``nodule``/``defect``/``series`` calibration (Platt) on detections in the validation series,
     found with ``configs/inference.yaml`` and the bundle's ``postprocessing`` thresholds.
 
-    Any validation source works: phantoms (their ground truth) and annotated DICOM SEG or NIfTI (nodules
-    of the annotation, see :func:`_calibration_cases`). Returns ``(calibration params, report)``; a key
-    is left out when fewer than 10 labelled detections (or only one outcome) are available.
+    Any validation source works: phantoms (their ground truth), annotated DICOM SEG or NIfTI (nodules of
+    the annotation), at most ``max_series`` of them, plus the ``calibration_samples`` randomised images of
+    a ``type: synthetic`` source (see :func:`_calibration_cases`). Returns ``(calibration params,
+    report)``; a key is left out when fewer than 10 labelled detections (or only one outcome) are available.
     """
     from ..findings import extract_nodules, load_thresholds, match_nodules
     from .calibration import expected_calibration_error, fit_calibration
@@ -514,9 +536,7 @@ def fit_detection_calibration(
     thresholds = dict(load_thresholds().replace(postprocessing))
     scores: dict[str, list[tuple[float, int]]] = {"nodule": [], "defect": [], "series": []}
     n = 0
-    for series, truth in _calibration_cases(val_sources, prep.modality, thresholds, log):
-        if n >= max_series:
-            break
+    for series, truth in _calibration_cases(val_sources, prep, thresholds, log, max_series):
         try:
             probs = predict_probabilities(net, series, device, prep=prep)
             found, series_p = extract_nodules(series, probs, calibration=None, thresholds=thresholds)
