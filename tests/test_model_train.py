@@ -70,6 +70,36 @@ def test_train_learns_and_writes_a_bundle(data: Path, tmp_path: Path) -> None:
     assert "Dice" in (out / CARD).read_text()
 
 
+def test_float16_weights_halve_the_bundle_and_load_into_float32(data: Path, tmp_path: Path) -> None:
+    net = copy.deepcopy(TINY_NET)
+    net["kwargs"]["norm"] = "batch"  # running statistics: buffers that stay float32
+    full = load_bundle(train(config(data, tmp_path / "f32", network=net), device="cpu", log=quiet))
+    f16 = config(data, tmp_path / "f16", network=net, weights_dtype="float16")
+    half_dir = train(f16, device="cpu", log=quiet)
+    stored = torch.load(half_dir / "models" / "model.pt", weights_only=True)
+    params = {name for name, _ in load_bundle(half_dir).network.named_parameters()}
+    dtypes = {k: v.dtype for k, v in stored.items() if v.is_floating_point()}
+    assert {dtypes[k] for k in params} == {torch.float16}
+    assert {d for k, d in dtypes.items() if k not in params} == {torch.float32}  # batch-norm statistics
+    full_stored = torch.load(full.path / "models" / "model.pt", weights_only=True)
+
+    def payload(state: dict[str, torch.Tensor]) -> int:
+        return sum(v.numel() * v.element_size() for v in state.values())
+
+    assert payload(stored) < 0.52 * payload(full_stored)
+    half = load_bundle(half_dir)
+    for (name, p16), p32 in zip(
+        half.network.state_dict().items(), full.network.state_dict().values(), strict=True
+    ):
+        if p32.is_floating_point():  # the same run (same seed), rounded to half precision
+            assert p16.dtype == torch.float32, name
+            expected = p32.half().float() if name in params else p32
+            torch.testing.assert_close(p16, expected, rtol=0, atol=0)
+    assert "float16" in (half_dir / CARD).read_text()
+    with pytest.raises(ConfigError, match="weights_dtype must be float32 or float16"):
+        train(config(data, tmp_path, weights_dtype="int8"), device="cpu", log=quiet)
+
+
 def test_resume_continues_to_the_same_weights(data: Path, tmp_path: Path) -> None:
     train(config(data, tmp_path / "a"), device="cpu", log=quiet)
 

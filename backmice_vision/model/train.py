@@ -10,7 +10,9 @@ folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys; `
 choose the checkpoint, its ``calibration_samples`` randomised ultrasound images the calibration),
 ``augment``, ``optim``
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
-``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``init_from`` (optional bundle folder
+``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``weights_dtype`` (``float32``, or
+``float16`` parameters for half the file size: the validation Dice is measured before, the calibration
+after rounding), ``init_from`` (optional bundle folder
 whose weights start the training: fine-tuning, e.g. the shipped model on your own annotated DICOM),
 ``postprocessing`` (optional inference thresholds for this network, e.g. ``nodule_grow_threshold``:
 stored in the bundle, applied over ``configs/inference.yaml`` and used by the calibration).
@@ -88,6 +90,9 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     out.setdefault("max_minutes", None)
     out.setdefault("num_workers", 0)
     out.setdefault("calibrate", True)
+    out.setdefault("weights_dtype", "float32")
+    if out["weights_dtype"] not in ("float32", "float16"):
+        raise ConfigError(f"{where}: weights_dtype must be float32 or float16")
     from ..findings import Thresholds
 
     out["postprocessing"] = Thresholds.check(out.get("postprocessing") or {}, f"{where}: postprocessing")
@@ -414,7 +419,8 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
             break
 
     best_ck = torch.load(best_path, map_location="cpu", weights_only=False)
-    net.load_state_dict(best_ck["model"])
+    weights = stored_weights(net, best_ck["model"], cfg["weights_dtype"])
+    net.load_state_dict(weights)  # the calibration sees the weights the bundle stores
     net.eval()
     calibration: dict[str, Any] = {}
     cal_report: dict[str, Any] = {}
@@ -454,12 +460,23 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         postprocessing=cfg["postprocessing"],
     )
     meta["network"]["parameters"] = count_parameters(net)
-    out = save_bundle(cfg["out"], best_ck["model"], meta, model_card(meta))
+    out = save_bundle(cfg["out"], weights, meta, model_card(meta))
     log(
         f"best epoch {best_ck['epoch']} mean Dice {best_ck['metrics']['mean_dice']:.4f}; "
         f"bundle written to {out}"
     )
     return out
+
+
+def stored_weights(net: Any, state: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The state dict of ``net`` as the bundle stores it: the parameters in ``dtype`` (``float16`` halves
+    the file; loading into the float32 network casts them back), the buffers unchanged (batch-norm
+    running variances reach 1e7, past float16's range)."""
+    import torch
+
+    target = getattr(torch, dtype)
+    params = {name for name, _ in net.named_parameters()}
+    return {k: v.to(target) if k in params and v.is_floating_point() else v for k, v in state.items()}
 
 
 def _calibration_cases(
@@ -619,6 +636,13 @@ def model_card(meta: dict[str, Any]) -> str:
         *(
             [f"- Started from the weights of `{tr['config']['init_from']}` (fine-tuning)."]
             if tr["config"].get("init_from")
+            else []
+        ),
+        *(
+            [
+                "- Parameters stored in float16 (loaded into float32); the calibration was fitted after rounding."
+            ]
+            if tr["config"].get("weights_dtype") == "float16"
             else []
         ),
         "",
