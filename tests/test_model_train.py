@@ -58,7 +58,10 @@ def quiet(msg: str) -> None:
 
 
 def test_train_learns_and_writes_a_bundle(data: Path, tmp_path: Path) -> None:
-    cfg = config(data, tmp_path, postprocessing={"nodule_grow_threshold": 0.3})
+    release = {"0.2.0": "fine-tuned", "0.1.0": "first"}
+    cfg = config(
+        data, tmp_path, postprocessing={"nodule_grow_threshold": 0.3}, version="0.2.0", changelog=release
+    )
     out = train(cfg, device="cpu", log=quiet)
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -68,6 +71,8 @@ def test_train_learns_and_writes_a_bundle(data: Path, tmp_path: Path) -> None:
     assert b.postprocessing == {"nodule_grow_threshold": 0.3}
     assert b.metadata["metrics"]["validation"]["mean_dice"] == max(h["mean_dice"] for h in history)
     assert "Dice" in (out / CARD).read_text()
+    assert b.version == "0.2.0" and b.metadata["changelog"] == release
+    assert (out / CARD).read_text().startswith("# tiny_mr 0.2.0:")
 
 
 def test_float16_weights_halve_the_bundle_and_load_into_float32(data: Path, tmp_path: Path) -> None:
@@ -166,6 +171,8 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
         train(deep, device="cpu", log=quiet)
     with pytest.raises(ConfigError, match="postprocessing: unknown threshold 'grow'"):
         train(config(data, tmp_path, postprocessing={"grow": 0.3}), device="cpu", log=quiet)
+    with pytest.raises(ConfigError, match=r"changelog must map versions to text and include version 0\.3\.0"):
+        train(config(data, tmp_path, version="0.3.0", changelog={"0.2.0": "x"}), device="cpu", log=quiet)
     mr_cal = config(data, tmp_path)
     mr_cal["data"]["val"].append({"type": "synthetic", "samples": 0, "calibration_samples": 5})
     with pytest.raises(ConfigError, match="calibration_samples is for ultrasound only"):

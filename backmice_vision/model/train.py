@@ -12,10 +12,11 @@ choose the checkpoint, its ``calibration_samples`` randomised ultrasound images 
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``weights_dtype`` (``float32``, or
 ``float16`` parameters for half the file size: the validation Dice is measured before, the calibration
-after rounding), ``init_from`` (optional bundle folder
-whose weights start the training: fine-tuning, e.g. the shipped model on your own annotated DICOM),
-``postprocessing`` (optional inference thresholds for this network, e.g. ``nodule_grow_threshold``:
-stored in the bundle, applied over ``configs/inference.yaml`` and used by the calibration).
+after rounding), ``init_from`` (optional bundle folder whose weights start the training: fine-tuning,
+e.g. the shipped model on your own annotated DICOM), ``version`` and ``changelog`` (the bundle's
+release: ``changelog`` maps versions to what changed, ``version`` included), ``postprocessing``
+(optional inference thresholds for this network, e.g. ``nodule_grow_threshold``: stored in the bundle,
+applied over ``configs/inference.yaml`` and used by the calibration).
 
 Loop: DiceCE loss (Dice without background, over the batch) on class-balanced patches; AdamW with cosine
 decay per epoch; validation after every epoch on the full validation tiles (Dice of nodule and defect over
@@ -91,6 +92,14 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     out.setdefault("num_workers", 0)
     out.setdefault("calibrate", True)
     out.setdefault("weights_dtype", "float32")
+    out["version"] = str(out.get("version", "0.1.0"))
+    changelog = out.setdefault("changelog", None)
+    if changelog is not None and (
+        not isinstance(changelog, dict) or out["version"] not in {str(k) for k in changelog}
+    ):
+        raise ConfigError(
+            f"{where}: changelog must map versions to text and include version {out['version']}"
+        )
     if out["weights_dtype"] not in ("float32", "float16"):
         raise ConfigError(f"{where}: weights_dtype must be float32 or float16")
     from ..findings import Thresholds
@@ -458,6 +467,8 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         metrics=metrics_out,
         calibration=calibration,
         postprocessing=cfg["postprocessing"],
+        version=cfg["version"],
+        changelog=None if cfg["changelog"] is None else {str(k): str(v) for k, v in cfg["changelog"].items()},
     )
     meta["network"]["parameters"] = count_parameters(net)
     out = save_bundle(cfg["out"], weights, meta, model_card(meta))
@@ -639,9 +650,7 @@ def model_card(meta: dict[str, Any]) -> str:
             else []
         ),
         *(
-            [
-                "- Parameters stored in float16 (loaded into float32); the calibration was fitted after rounding."
-            ]
+            ["- Parameters stored in float16 (loaded into float32); calibration fitted after the rounding."]
             if tr["config"].get("weights_dtype") == "float16"
             else []
         ),
