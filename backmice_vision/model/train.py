@@ -616,6 +616,7 @@ def model_card(meta: dict[str, Any]) -> str:
     fmt = meta["network_data_format"]["inputs"]["image"]
     net = meta["network"]
     stopped = ", stopped by the time limit" if tr["stopped_by_time_limit"] else ""
+    threads = f"{tr['torch_threads']} thread{'' if tr['torch_threads'] == 1 else 's'}"
     lines = [
         f"# {meta['name']} {meta['version']}: back-mouse segmentation, {meta['modality']}",
         "",
@@ -627,10 +628,8 @@ def model_card(meta: dict[str, Any]) -> str:
         f"{net.get('parameters', '?')} parameters.",
         "- One model per modality: ultrasound and MR differ in physics, texture and geometry; a shared net",
         "  would spend capacity on the domain gap. MR is 2.5-D (adjacent slices as channels).",
-        "- Network choice, measured on a 2-core CPU (1 thread, batch 8 of 192² patches, 304×256 inference):",
-        "  UNet 16-256 with 2 residual units 1.63 M params 0.36 s/step 29 ms/image; with 1 residual unit",
-        "  (chosen) 0.84 M 0.27 s/step 20 ms/image; 16-128 0.21 M 0.24 s 18 ms; 8-64 0.05 M 0.13 s 11 ms.",
-        "  Five levels keep a receptive field that covers a 40 mm nodule at 0.2 mm pixels.",
+        "- The networks measured against each other (parameters, step and inference time, receptive field):",
+        "  `backmice_vision/model/network.py`.",
         f"- Input: {fmt['num_channels']} channel(s) float32 at {fmt['spacing_mm'][0]} mm pixels, "
         f"{fmt['normalisation']}; padded to a multiple of {fmt['preprocessing']['multiple']}.",
         "- Output: softmax over "
@@ -639,8 +638,9 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         "## Training",
         f"- Data: {tr['data']}. Class pixel shares: {json.dumps(tr['class_pixel_share'])}.",
-        f"- {tr['epochs_run']} epochs (best {tr['best_epoch']}), wall time {tr['wall_time_s'] / 60:.1f} min "
-        f"on {tr['device']} ({tr['torch_threads']} threads){stopped}.",
+        f"- {tr['epochs_run']} epochs (best {tr['best_epoch']}), "
+        f"{tr.get('train_time_s', tr['wall_time_s']) / 60:.1f} min of training "
+        f"on {tr['device']} ({threads}){stopped}.",
         "- Loss DiceCE (no background in Dice), class-balanced patch sampling, augmentation of gain, gamma,",
         "  blur, noise, zoom, rotation, left-right flip (and bias field for MR)"
         + ("; depth-dependent TGC error and noise (US)." if _depth_augmented(tr) else "."),
