@@ -127,6 +127,41 @@ def test_resume_continues_to_the_same_weights(data: Path, tmp_path: Path) -> Non
     assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
 
 
+def test_weight_average_is_validated_shipped_and_resumed(data: Path, tmp_path: Path) -> None:
+    ema = {"optim": {"lr": 0.01, "batch_size": 4, "epochs": 3, "steps_per_epoch": 4, "ema_decay": 0.5}}
+    out = train(config(data, tmp_path / "a", **ema), device="cpu", log=quiet)
+    a = torch.load(tmp_path / "a" / "run" / "last.pt", weights_only=False)
+    assert any(
+        not torch.equal(a["ema"][k], a["model"][k]) for k in a["model"] if a["model"][k].is_floating_point()
+    )
+    best = torch.load(tmp_path / "a" / "run" / "best.pt", weights_only=False)
+    shipped = load_bundle(out).network.state_dict()
+    for key, value in best["model"].items():  # the bundle holds the chosen average, not the raw weights
+        torch.testing.assert_close(shipped[key], value, rtol=0, atol=0)
+    assert "exponential moving average (decay 0.5" in (out / CARD).read_text()
+
+    def crash_after_epoch_2(msg: str) -> None:
+        if msg.startswith("epoch 2/3"):
+            raise Interrupted
+
+    cfg_b = config(data, tmp_path / "b", **copy.deepcopy(ema))
+    with pytest.raises(Interrupted):
+        train(cfg_b, device="cpu", log=crash_after_epoch_2)
+    train(cfg_b, resume=True, device="cpu", log=quiet)
+    b = torch.load(tmp_path / "b" / "run" / "last.pt", weights_only=False)
+    for key, value in a["ema"].items():
+        torch.testing.assert_close(b["ema"][key], value, rtol=1e-5, atol=1e-6)
+
+    # a decay near 0 keeps nothing of the past: the average is the last step's weights
+    near_zero = {"optim": {**ema["optim"], "ema_decay": 1e-12}}
+    train(config(data, tmp_path / "c", **near_zero), device="cpu", log=quiet)
+    c = torch.load(tmp_path / "c" / "run" / "last.pt", weights_only=False)
+    for key, value in c["model"].items():
+        torch.testing.assert_close(c["ema"][key], value, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ConfigError, match="ema_decay must be a number between 0 and 1"):
+        train(config(data, tmp_path / "d", optim={**ema["optim"], "ema_decay": 1.0}), device="cpu", log=quiet)
+
+
 def test_time_limit_stops_and_still_writes_the_bundle(data: Path, tmp_path: Path) -> None:
     out = train(config(data, tmp_path, max_minutes=1e-6), device="cpu", log=quiet)
     training = load_bundle(out).metadata["training"]

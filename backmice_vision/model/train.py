@@ -9,7 +9,9 @@ folder has no cases; ``anatomy`` overrides that phantom config's anatomy keys; `
 ``type: synthetic`` source: its ``samples`` fixed randomised images join the validation tiles that
 choose the checkpoint, its ``calibration_samples`` randomised ultrasound images the calibration),
 ``augment``, ``optim``
-(``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``),
+(``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``, and
+``ema_decay``: when set, an exponential moving average of the weights and batch-norm statistics,
+updated after every step from the initial weights, is what validation scores and the bundle ships),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``weights_dtype`` (``float32``, or
 ``float16`` parameters for half the file size: the validation Dice is measured before, the calibration
 after rounding), ``init_from`` (optional bundle folder whose weights start the training: fine-tuning,
@@ -31,6 +33,7 @@ series (and randomised images) when ``calibrate``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -122,6 +125,11 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     for key in ("batch_size", "epochs", "steps_per_epoch"):
         if not isinstance(optim[key], int) or optim[key] < 1:
             raise ConfigError(f"{where}: optim.{key} must be a positive integer")
+    decay = optim.setdefault("ema_decay", None)
+    if decay is not None and (
+        isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1
+    ):
+        raise ConfigError(f"{where}: optim.ema_decay must be a number between 0 and 1 (e.g. 0.998)")
     out["optim"] = optim
     data = out.get("data")
     if not isinstance(data, dict) or not data.get("train") or not data.get("val"):
@@ -232,6 +240,15 @@ def _save_checkpoint(obj: Any, path: Path) -> None:
     import torch
 
     write_atomic(path, lambda tmp: torch.save(obj, tmp), "checkpoint")
+
+
+def _ema_update(ema: dict[str, Any], state: Mapping[str, Any], decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * state`` for floating entries; counters are copied."""
+    for key, value in state.items():
+        if ema[key].is_floating_point():
+            ema[key].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+        else:
+            ema[key].copy_(value)
 
 
 def _seed_epoch(seed: int, epoch: int, transforms: Any) -> None:
@@ -348,6 +365,8 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
     )
     start_epoch, best, history, used_s = 0, -1.0, [], 0.0
     last_path, best_path = work / "last.pt", work / "best.pt"
+    ema_decay = opt_cfg["ema_decay"]
+    ema: dict[str, Any] | None = None
     if resume:
         if not last_path.is_file():
             raise ConfigError("--resume: no checkpoint to resume from", last_path)
@@ -356,7 +375,15 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         start_epoch, best, history, used_s = ck["epoch"], ck["best"], ck["history"], ck.get("train_s", 0.0)
+        ema = ck.get("ema")
         log(f"resumed from epoch {start_epoch} (best mean Dice {best:.4f})")
+    if ema_decay is not None:
+        if ema is None:
+            ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        ema = {k: v.to(dev) for k, v in ema.items()}
+        scored_net = copy.deepcopy(net)  # holds the average for validation
+    else:
+        scored_net = net
     log(
         f"network {spec['class']} {count_parameters(net) / 1e6:.2f} M parameters on {dev}; "
         f"{epochs} epochs x {opt_cfg['steps_per_epoch']} steps of {images_per_step * per_image} patches"
@@ -377,12 +404,17 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
             loss = loss_fn(net(x), y)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                with torch.no_grad():
+                    _ema_update(ema, net.state_dict(), float(ema_decay))
             losses.append(float(loss.detach()))
             if limit_s is not None and time.perf_counter() - t_start > limit_s:
                 timed_out = True
                 break
         scheduler.step()
-        metrics = validate(net, val_samples, dev, prep.multiple)
+        if ema is not None:
+            scored_net.load_state_dict(ema)
+        metrics = validate(scored_net, val_samples, dev, prep.multiple)
         ep_s = time.perf_counter() - t_ep
         used_s += ep_s
         rec = {
@@ -397,10 +429,13 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         improved = metrics["mean_dice"] > best
         if improved:
             best = metrics["mean_dice"]
-            _save_checkpoint({"model": net.state_dict(), "epoch": epoch + 1, "metrics": metrics}, best_path)
+            _save_checkpoint(
+                {"model": scored_net.state_dict(), "epoch": epoch + 1, "metrics": metrics}, best_path
+            )
         _save_checkpoint(
             {
                 "model": net.state_dict(),
+                **({"ema": ema} if ema is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1,
@@ -647,6 +682,15 @@ def model_card(meta: dict[str, Any]) -> str:
         *(
             [f"- Started from the weights of `{tr['config']['init_from']}` (fine-tuning)."]
             if tr["config"].get("init_from")
+            else []
+        ),
+        *(
+            [
+                "- The weights are an exponential moving average (decay "
+                f"{tr['config']['optim']['ema_decay']} "
+                "per step) of the trained ones; checkpoints were chosen on the average."
+            ]
+            if (tr["config"].get("optim") or {}).get("ema_decay")
             else []
         ),
         *(
