@@ -27,6 +27,9 @@ Definitions (per modality):
 * **Calibration**: every prediction's ``confidence`` against whether it hit a ground-truth nodule: ECE
   (10 bins) and a reliability diagram.
 * **Series AUC**: ``series_probability`` against "the series shows at least one target".
+* **Uncertainty**: the sensitivity at the target false-positive rate carries a 95 % percentile interval
+  from resampling cases with replacement (a case's series, lesions and false positives stay together);
+  :func:`paired_bootstrap` compares two models on the same cases.
 """
 
 from __future__ import annotations
@@ -341,6 +344,102 @@ def _lesion_groups(truth: list[dict[str, Any]], cine: bool) -> list[list[int]]:
     return list(groups.values())
 
 
+def sensitivity_at_rate(
+    lesion_scores: Sequence[float | None], fp_scores: Sequence[float], n_images: int, rate: float
+) -> float | None:
+    """The FROC sensitivity at ``rate`` false positives per image (as :func:`froc`, without the curve).
+
+    The best threshold admits at most ``floor(rate * n_images)`` false positives: every hit scoring above
+    the next false positive counts. None without lesions.
+    """
+    if not lesion_scores:
+        return None
+    allowed = int(np.floor(rate * n_images + 1e-9))
+    hits = np.array([s for s in lesion_scores if s is not None], dtype=np.float64)
+    fps = np.sort(np.asarray(fp_scores, dtype=np.float64))[::-1]
+    found = len(hits) if len(fps) <= allowed else int((hits > fps[allowed]).sum())
+    return found / len(lesion_scores)
+
+
+CaseScores = tuple[list[float | None], list[float], int]  # a case's target lesion scores, FP scores, images
+
+
+def _group_by_case(
+    items: Iterable[tuple[str, list[float | None], list[float], int]],
+) -> dict[str, CaseScores]:
+    out: dict[str, CaseScores] = {}
+    for case, lesion_scores, fp_scores, n_images in items:
+        lesions, fps, n = out.get(case, ([], [], 0))
+        out[case] = (lesions + list(lesion_scores), fps + list(fp_scores), n + int(n_images))
+    return out
+
+
+def case_scores(series: Iterable[dict[str, Any]], modality: str) -> dict[str, CaseScores]:
+    """Per case, the lesion and false-positive scores and image count of its series of ``modality``
+    (entries of ``evaluation.json``'s ``series`` list)."""
+    return _group_by_case(
+        (e["case"], e["lesion_scores"], e["fp_scores"], e["n_images"])
+        for e in series
+        if e["modality"] == modality
+    )
+
+
+def _resampled_sensitivity(cases: list[CaseScores], picks: np.ndarray, rate: float) -> float | None:
+    chosen = [cases[i] for i in picks]
+    lesions = [s for c in chosen for s in c[0]]
+    return sensitivity_at_rate(lesions, [s for c in chosen for s in c[1]], sum(c[2] for c in chosen), rate)
+
+
+def bootstrap_sensitivity(
+    cases: Sequence[CaseScores], rate: float, n_boot: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """95 % percentile interval ``[low, high]`` of the sensitivity at ``rate`` FP/image over ``n_boot``
+    resamplings of the cases (with replacement; resamples without a lesion are skipped)."""
+    cases = list(cases)
+    if not any(c[0] for c in cases):
+        return None
+    rng = np.random.default_rng(seed)
+    values = [
+        v
+        for _ in range(n_boot)
+        if (v := _resampled_sensitivity(cases, rng.integers(0, len(cases), len(cases)), rate)) is not None
+    ]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def paired_bootstrap(
+    a: dict[str, CaseScores], b: dict[str, CaseScores], rate: float, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Model B against model A on the same cases: the difference of their sensitivities at ``rate``
+    FP/image, its 95 % interval from resampling cases (the same draw for both) and the share of draws in
+    which B is not better (a one-sided bootstrap p-value). Raises ValueError when the cases differ."""
+    if sorted(a) != sorted(b):
+        raise ValueError("the two evaluations cover different cases")
+    names = sorted(a)
+    ca, cb = [a[n] for n in names], [b[n] for n in names]
+    full = np.arange(len(names))
+    sa, sb = _resampled_sensitivity(ca, full, rate), _resampled_sensitivity(cb, full, rate)
+    if sa is None or sb is None:
+        raise ValueError("no target lesions")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        picks = rng.integers(0, len(names), len(names))
+        da, db = _resampled_sensitivity(ca, picks, rate), _resampled_sensitivity(cb, picks, rate)
+        if da is not None and db is not None:
+            diffs.append(db - da)
+    return {
+        "rate": rate,
+        "sensitivity_a": sa,
+        "sensitivity_b": sb,
+        "difference": sb - sa,
+        "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
+        "p_b_not_better": float(np.mean(np.asarray(diffs) <= 0)),
+        "n_cases": len(names),
+        "n_lesions": len([s for c in ca for s in c[0]]),
+    }
+
+
 def _stats(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0, "mean": None, "median": None}
@@ -351,8 +450,7 @@ SIZE_BANDS_MM: tuple[tuple[float, float], ...] = ((5.0, 10.0), (10.0, 20.0), (20
 
 
 def _sens_at(lesions: list[float | None], fps: list[float], n_images: int, rate: float) -> float | None:
-    fr = froc(lesions, fps, max(n_images, 1), (rate,))
-    return fr["sensitivity"][0] if lesions else None
+    return sensitivity_at_rate(lesions, fps, max(n_images, 1), rate)
 
 
 def _by_size(recs: list[SeriesRecord], n_images: int) -> dict[str, Any]:
@@ -388,6 +486,10 @@ def _breakdown(recs: list[SeriesRecord], key: Any) -> dict[str, Any]:
             "fp_per_image": len(fps) / max(n_img, 1),
         }
     return out
+
+
+def _per_case(recs: list[SeriesRecord]) -> dict[str, CaseScores]:
+    return _group_by_case((r.case, r.lesion_scores, r.fp_scores, r.n_images) for r in recs)
 
 
 def _no_target_fp(recs: list[SeriesRecord], threshold: float | None) -> float | None:
@@ -446,6 +548,9 @@ def summarise(
             "detect_seconds_per_series": _stats([r.detect_s for r in recs]),
             "ece": None,
             "n_calibration": len(cal),
+            "sensitivity_at_target_ci95": bootstrap_sensitivity(
+                list(_per_case(recs).values()), TARGET_FP_RATE.get(modality, 0.25)
+            ),
         }
         if operating_threshold is not None and lesions:
             t = operating_threshold
@@ -554,6 +659,14 @@ class _Progress:
         )
 
 
+def _case_names(case_dirs: list[Path]) -> dict[Path, str]:
+    """Each case folder's name, with its parent's when two data folders hold cases of one name (two
+    sets of ``case_0000``... are different cases: they must not merge in counts or resampling)."""
+    names = [d.name for d in case_dirs]
+    clash = len(set(names)) < len(names)
+    return {d: f"{d.parent.name}/{d.name}" if clash else d.name for d in case_dirs}
+
+
 def run_evaluation(
     data_dirs: list[Path],
     out_dir: Path,
@@ -591,8 +704,9 @@ def run_evaluation(
     problems: list[str] = []
     truths = [(gt_path.parent, read_ground_truth(gt_path)) for gt_path in cases]
     entries = [(case_dir, entry) for case_dir, truth in truths for entry in truth["series"]]
+    case_name = _case_names([case_dir for case_dir, _ in truths])
     for case_dir, entry in _Progress(len(entries), progress).each(entries):
-        where = f"{case_dir.name}/{entry.get('folder', '?')}"
+        where = f"{case_name[case_dir]}/{entry.get('folder', '?')}"
         if "folder" not in entry:
             problems.append(f"{where}: ground-truth series entry lacks 'folder'")
             continue
@@ -612,7 +726,7 @@ def run_evaluation(
             problems.append(f"{where}: {exc.reason}")
             continue
         record = evaluate_series(
-            series, result.nodules, result.series_probability, entry, mask, case_dir.name
+            series, result.nodules, result.series_probability, entry, mask, case_name[case_dir]
         )
         record.detect_s = detect_s
         records.append(record)
@@ -640,6 +754,9 @@ def run_evaluation(
                 "n_detected_targets": sum(s is not None for s in r.lesion_scores),
                 "n_false_positives": len(r.fp_scores),
                 "series_probability": r.series_probability,
+                "n_images": r.n_images,
+                "lesion_scores": r.lesion_scores,  # per target lesion: its finding's confidence, or null
+                "fp_scores": r.fp_scores,
             }
             for r in records
         ],
@@ -686,7 +803,9 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
     for n in names:
         rate = TARGET_FP_RATE.get(n, 0.25)
         value = sens_at(mods[n], rate)
-        cells.append(f"{_fmt(value)} at {rate:g} FP/image: {_verdict(value, TARGET_SENSITIVITY)}")
+        ci = mods[n].get("sensitivity_at_target_ci95")
+        ci_txt = f" (95 % CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
+        cells.append(f"{_fmt(value)}{ci_txt} at {rate:g} FP/image: {_verdict(value, TARGET_SENSITIVITY)}")
     row(f"sensitivity ≥ {TARGET_SENSITIVITY:g}", cells)
     dice = [mods[n]["dice"]["mean"] for n in names]
     row(

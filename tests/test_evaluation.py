@@ -11,12 +11,17 @@ from PIL import Image
 from backmice_vision.errors import ConfigError, InvalidDicom
 from backmice_vision.evaluation import (
     auc,
+    bootstrap_sensitivity,
+    case_scores,
     evaluate_series,
     find_cases,
     froc,
     froc_plot,
+    paired_bootstrap,
     read_ground_truth,
     read_truth_mask,
+    run_evaluation,
+    sensitivity_at_rate,
     split_truth_instances,
     summarise,
     truth_from_labels,
@@ -43,6 +48,68 @@ def test_froc_hand_computed():
     assert froc([], [0.5], 2)["sensitivity"] == [None] * 5
     with pytest.raises(ValueError):
         froc([0.5], [], 0)
+
+
+def test_sensitivity_at_rate_agrees_with_the_froc_curve():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n_les, n_fp, n_img = int(rng.integers(1, 12)), int(rng.integers(0, 15)), int(rng.integers(1, 9))
+        # coarse scores: ties between hits and false positives happen
+        lesions = [None if rng.random() < 0.3 else float(rng.integers(0, 6)) / 5 for _ in range(n_les)]
+        fps = [float(rng.integers(0, 6)) / 5 for _ in range(n_fp)]
+        curve = froc(lesions, fps, n_img)
+        assert [sensitivity_at_rate(lesions, fps, n_img, r) for r in curve["fp_rates"]] == curve[
+            "sensitivity"
+        ]
+    assert sensitivity_at_rate([], [0.5], 2, 0.25) is None
+
+
+def _cases(n: int, seed: int) -> dict[str, tuple[list[float | None], list[float], int]]:
+    rng = np.random.default_rng(seed)
+    return {
+        f"case_{i:03d}": (
+            [None if rng.random() < 0.25 else float(rng.uniform(0.3, 1.0))],
+            [float(rng.uniform(0.0, 0.6)) for _ in range(int(rng.integers(0, 3)))],
+            2,
+        )
+        for i in range(n)
+    }
+
+
+def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_cases():
+    few, many = _cases(20, 1), _cases(320, 1)
+    for cases in (few, many):
+        lesions = [s for c in cases.values() for s in c[0]]
+        fps = [s for c in cases.values() for s in c[1]]
+        point = sensitivity_at_rate(lesions, fps, 2 * len(cases), 0.25)
+        low, high = bootstrap_sensitivity(list(cases.values()), 0.25, n_boot=500)
+        assert point is not None and low <= point <= high
+    width = [
+        np.subtract(*bootstrap_sensitivity(list(c.values()), 0.25, n_boot=500)[::-1]) for c in (few, many)
+    ]
+    assert width[1] < 0.5 * width[0]  # 16 times the cases: about a quarter of the width
+    assert bootstrap_sensitivity([([], [0.4], 1)], 0.25) is None
+
+
+def test_paired_bootstrap_compares_two_models_on_the_same_cases():
+    a = _cases(40, 2)
+    same = paired_bootstrap(a, a, 0.25, n_boot=300)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["p_b_not_better"] == 1.0
+    # B finds every lesion A misses, with the same false positives
+    b = {k: ([0.99 if s is None else s for s in les], fps, n) for k, (les, fps, n) in a.items()}
+    better = paired_bootstrap(a, b, 0.25, n_boot=300)
+    assert better["difference"] > 0 and better["ci95"][0] > 0 and better["p_b_not_better"] < 0.05
+    assert better["n_cases"] == 40 and better["n_lesions"] == 40
+    worse = paired_bootstrap(b, a, 0.25, n_boot=300)
+    assert worse["difference"] == pytest.approx(-better["difference"]) and worse["p_b_not_better"] == 1.0
+    with pytest.raises(ValueError, match="different cases"):
+        paired_bootstrap(a, {k: a[k] for k in list(a)[:-1]}, 0.25)
+    entries = [
+        {"case": k, "modality": "US", "lesion_scores": v[0], "fp_scores": v[1], "n_images": 1}
+        for k, v in a.items()
+    ] * 2  # two series per case
+    grouped = case_scores([*entries, {**entries[0], "modality": "MR"}], "US")
+    assert grouped["case_000"] == (a["case_000"][0] * 2, a["case_000"][1] * 2, 2) and len(grouped) == 40
 
 
 def test_auc_mann_whitney():
@@ -296,6 +363,21 @@ def test_backmice_evaluate_on_a_generated_mr_case_writes_json_markdown_and_plots
     rows = ("sensitivity ≥ 0.9", "mean Dice of detected targets ≥ 0.8", "fascia-defect AUC", "ECE ≤ 0.08")
     assert all(f"| {row}" in page for row in rows)
     assert page.count("PASS") + page.count("FAIL") + page.count("n/a") >= 4
+    # per-series scores in the JSON reproduce the summary (paired comparisons of two models need them)
+    per_case = case_scores(report["series"], "MR")
+    lesions = [s for c in per_case.values() for s in c[0]]
+    fps = [s for c in per_case.values() for s in c[1]]
+    assert sensitivity_at_rate(lesions, fps, mr["n_images"], 0.5) == mr["froc"]["sensitivity"][2]
+    assert len(lesions) == mr["n_target_nodules"]
+
+    # a second set whose case has the same folder name is a different case
+    import shutil
+
+    shutil.copytree(tmp_path / "data", tmp_path / "data2")
+    both = run_evaluation([tmp_path / "data", tmp_path / "data2"], tmp_path / "ev2", progress=False)
+    assert both["n_cases"] == both["modalities"]["MR"]["n_cases"] == 2
+    assert {s["case"] for s in both["series"]} == {"data/case_0000", "data2/case_0000"}
+    assert both["modalities"]["MR"]["n_target_nodules"] == 2 * mr["n_target_nodules"]
 
 
 def test_truth_from_labels_measures_an_annotated_nodule_like_a_prediction(tmp_path):
