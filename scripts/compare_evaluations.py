@@ -1,10 +1,11 @@
-"""Is model B better than model A beyond chance? A paired case bootstrap on the same phantom set.
+"""Is model B better than model A beyond chance? A paired case bootstrap on the same phantom sets.
 
-``python scripts/compare_evaluations.py A_DIR B_DIR [B2_DIR ...]``: each folder holds the
-``evaluation.json`` that ``backmice evaluate`` wrote for one model on the same cases. Per modality: the
-sensitivity of each at the target false-positive rate (US 0.25, MR 0.5 per image), B minus A with its
-95 % interval from resampling cases (the same draw for both models), and the share of draws in which B
-is not better. With 14 or 32 lesions one lesion is 3-7 points: read the interval before shipping.
+``python scripts/compare_evaluations.py A_DIR[,A_DIR2...] B_DIR[,B_DIR2...] [C_DIR...]``: each folder
+holds the ``evaluation.json`` that ``backmice evaluate`` wrote for one model on one set; a comma joins a
+model's folders on several sets (the same sets in the same order for every model) into one pool. Per
+modality: the sensitivity of each at the target false-positive rate (US 0.25, MR 0.5 per image), B minus
+A with its 95 % interval from resampling cases (the same draw for both models), and the share of draws in
+which B is not better. With 14 or 32 lesions one lesion is 3-7 points: read the interval before shipping.
 """
 
 from __future__ import annotations
@@ -12,31 +13,46 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from backmice_vision.evaluation import TARGET_FP_RATE, case_scores, paired_bootstrap
+from backmice_vision.evaluation import TARGET_FP_RATE, CaseScores, case_scores, paired_bootstrap
 
 
-def main(paths: list[str]) -> int:
-    if len(paths) < 2:
+def _pool(arg: str) -> list[dict[str, Any]]:
+    return [json.loads((Path(p) / "evaluation.json").read_text()) for p in arg.split(",")]
+
+
+def _cases(reports: list[dict[str, Any]], modality: str) -> dict[str, CaseScores]:
+    return {
+        f"{i}/{case}": scores
+        for i, report in enumerate(reports)
+        for case, scores in case_scores(report["series"], modality).items()
+    }
+
+
+def main(args: list[str]) -> int:
+    if len(args) < 2:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
-    reports = [json.loads((Path(p) / "evaluation.json").read_text()) for p in paths]
+    pools = [_pool(a) for a in args]
+    if len({len(p) for p in pools}) != 1:
+        print("compare: every model needs the same number of evaluation folders", file=sys.stderr)
+        return 2
     print("| A | B | modality | cases / lesions | sens A | sens B | B - A (95 % CI) | P(B not better) |")
     print("|---|---|---|---|---|---|---|---|")
-    for path, report in zip(paths[1:], reports[1:], strict=True):
-        for modality in sorted(set(reports[0]["modalities"]) & set(report["modalities"])):
-            rate = TARGET_FP_RATE[modality]
+    for arg, pool in zip(args[1:], pools[1:], strict=True):
+        for modality in sorted(set(pools[0][0]["modalities"]) & set(pool[0]["modalities"])):
             try:
                 out = paired_bootstrap(
-                    case_scores(reports[0]["series"], modality), case_scores(report["series"], modality), rate
+                    _cases(pools[0], modality), _cases(pool, modality), TARGET_FP_RATE[modality]
                 )
             except (KeyError, ValueError) as exc:
-                print(f"compare: {paths[0]} vs {path} ({modality}): {exc}", file=sys.stderr)
+                print(f"compare: {args[0]} vs {arg} ({modality}): {exc}", file=sys.stderr)
                 return 1
             lo, hi = out["ci95"]
             print(
-                f"| {Path(paths[0]).name} | {Path(path).name} | {modality} | {out['n_cases']} / "
-                f"{out['n_lesions']} | {out['sensitivity_a']:.3f} | {out['sensitivity_b']:.3f} | "
+                f"| {args[0]} | {arg} | {modality} | {out['n_cases']} / {out['n_lesions']} | "
+                f"{out['sensitivity_a']:.3f} | {out['sensitivity_b']:.3f} | "
                 f"{out['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) | {out['p_b_not_better']:.2f} |"
             )
     return 0
