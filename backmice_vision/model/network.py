@@ -16,9 +16,10 @@ UNet (8,16,32,64) res 1                     0.05 M   0.13 s      11 ms
 
 The default keeps the five resolution levels at half the parameters and three quarters of the step time
 of the two-residual-unit net. Its receptive field is 94 px (measured): 19 mm at 0.2 mm pixels, too small
-for nodules of 20 mm and more, 38 mm at the 0.4 mm of the domain-randomised configs. The shipped US 0.2.0
-is a six-level UNet (16-256-256 channels, two residual units, 3.74 M parameters): a training step costs
-1.27 times the default's (0.38 s against 0.30 s, measured side by side, batch 16 of 160² patches).
+for nodules of 20 mm and more, 38 mm at the 0.4 mm of the domain-randomised configs. The shipped US
+0.2.0 and 0.3.0 are six-level UNets (16-256-256 channels, two residual units, 3.74 M parameters): a
+training step costs 1.27 times the default's (0.38 s against 0.30 s, measured side by side, batch 16
+of 160² patches).
 """
 
 from __future__ import annotations
