@@ -58,17 +58,18 @@ $(EVAL2)/%/.done: | $(STAMP)
 
 evaluate-sets: $(EVAL2)/us_shifted/.done $(EVAL2)/mr_shifted/.done $(EVAL2)/us_stress/.done $(EVAL2)/mr_stress/.done
 
-# A second, larger block of US sets (40 cases each, other seeds): on the 20-case sets alone the 95 %
+# A second, larger block of sets (40 cases each, other seeds): on the 20-case sets alone the 95 %
 # case-bootstrap interval of the sensitivity spans 0.6-1.0, wider than any difference between candidates.
 # Compare on both blocks together (scripts/compare_evaluations.py takes several folders per model).
 EVAL3 := build/eval3
 $(EVAL3)/%/.done: | $(STAMP)
 	rm -rf $(@D)
-	$(PY) -m backmice_vision phantom --modality us --cases 40 --seed $(if $(filter us_shifted,$*),9111,9313) \
+	$(PY) -m backmice_vision phantom --modality $(word 1,$(subst _, ,$*)) --cases 40 \
+		--seed $(if $(filter us_shifted,$*),9111,$(if $(filter mr_shifted,$*),9212,$(if $(filter us_stress,$*),9313,9414))) \
 		--config configs/phantom_$*.yaml --out $(@D) --quiet
 	touch $@
 
-evaluate-sets-large: $(EVAL3)/us_shifted/.done $(EVAL3)/us_stress/.done
+evaluate-sets-large: $(EVAL3)/us_shifted/.done $(EVAL3)/us_stress/.done $(EVAL3)/mr_shifted/.done $(EVAL3)/mr_stress/.done
 
 compare: evaluate-sets
 	bash scripts/evaluate_candidates.sh
