@@ -49,6 +49,12 @@ def _train(ns: argparse.Namespace) -> int:
     return run_train(ns)
 
 
+def _calibrate(ns: argparse.Namespace) -> int:
+    from .model.cli import run_calibrate
+
+    return run_calibrate(ns)
+
+
 def _evaluate(ns: argparse.Namespace) -> int:
     from .model.cli import run_evaluate
 
@@ -171,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser(
+        "calibrate", help="refit a model's confidence calibration on annotated series (a config's data.val)"
+    )
+    p.add_argument("--model", required=True, help="model folder whose calibration is refitted")
+    p.add_argument("--config", type=Path, required=True, help="training config: its data.val sources")
+    p.add_argument("--out", type=Path, required=True, help="folder for the recalibrated model")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_calibrate)
 
     p = sub.add_parser("evaluate", help="FROC, Dice, defect AUC and calibration on a phantom set")
     p.add_argument("--data", type=Path, required=True, nargs="+")

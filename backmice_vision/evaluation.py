@@ -288,6 +288,7 @@ def evaluate_series(
     errors: dict[str, list[float]] = {
         "longest_diameter": [],
         "longest_diameter_rel": [],
+        "longest_diameter_signed_rel": [],
         "depth": [],
         "fascia_depth": [],
     }
@@ -308,7 +309,9 @@ def evaluate_series(
                 if got is not None and want is not None:
                     errors[name].append(abs(float(got) - float(want)))
                     if name == "longest_diameter" and float(want) > 0:
-                        errors["longest_diameter_rel"].append(abs(float(got) - float(want)) / float(want))
+                        signed = (float(got) - float(want)) / float(want)
+                        errors["longest_diameter_rel"].append(abs(signed))
+                        errors["longest_diameter_signed_rel"].append(signed)
     return SeriesRecord(
         modality=series.modality,
         case=case,
@@ -540,6 +543,10 @@ def summarise(
             },
             "longest_diameter_rel_error": _stats(
                 [e for r in recs for e in r.errors_mm.get("longest_diameter_rel", [])]
+            ),
+            # (measured - true) / true: below 0 when the detector draws nodules too small
+            "longest_diameter_signed_rel_error": _stats(
+                [e for r in recs for e in r.errors_mm.get("longest_diameter_signed_rel", [])]
             ),
             "fp_per_image_no_target": _no_target_fp(recs, operating_threshold),
             "by_size_mm": _by_size(recs, n_images),
@@ -855,6 +862,10 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
     row(
         "longest diameter: median relative error (target ≤ 0.12)",
         [_fmt(mods[n]["longest_diameter_rel_error"]["median"]) for n in names],
+    )
+    row(
+        "longest diameter: median signed relative error (< 0: drawn too small)",
+        [_fmt(mods[n]["longest_diameter_signed_rel_error"]["median"]) for n in names],
     )
     row(
         "FP/image on series without nodules (operating point; target ≤ 0.1)",

@@ -199,6 +199,13 @@ def test_evaluate_series_and_summarise_on_real_findings(tmp_path):
     assert rec.has_target
     # prediction longest diameter 15 cols x 0.8 = 12 mm, truth 12 mm
     assert rec.errors_mm["longest_diameter"] == pytest.approx([0.0])
+    # a truth of 15 mm: the 12 mm finding is 20 % too small, signed -0.2
+    larger = _truth(series)
+    larger["nodules"][0]["diameters_mm"] = [15.0, 10.0, 8.0]
+    rec15 = evaluate_series(series, nodules, series_p, larger, _truth_mask(), case="case_0002")
+    assert rec15.errors_mm["longest_diameter_rel"] == pytest.approx([0.2])
+    assert rec15.errors_mm["longest_diameter_signed_rel"] == pytest.approx([-0.2])
+    assert summarise([rec15])["MR"]["longest_diameter_signed_rel_error"]["median"] == pytest.approx(-0.2)
 
     empty = ImageSeries(**{**series.__dict__, "series_instance_uid": "1.2.3.9"})
     empty_rec = evaluate_series(empty, [], 0.0, {"folder": "x", "nodules": []}, None, case="case_0001")

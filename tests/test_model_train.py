@@ -284,3 +284,49 @@ def test_calibration_adds_domain_randomised_ultrasound_images() -> None:
     assert report["series_used"] == 4 and report["series"]["n"] == 4
     with pytest.raises(ConfigError, match="calibration_samples must be an integer"):
         SyntheticSource.from_config({**entry, "calibration_samples": -1}, prep)
+
+
+def test_recalibrate_refits_a_bundle_on_new_data_and_keeps_its_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from backmice_vision.cli import main
+    from backmice_vision.model.bundle import METADATA, WEIGHTS, default_bundle_dir
+    from backmice_vision.model.train import fit_detection_calibration
+
+    shipped = default_bundle_dir("US")
+    entry = {"type": "synthetic", "subjects": 6, "pool": 12, "seed": 12, "samples": 0,
+             "anatomy": {"no_nodule_prob": 0.3}, "calibration_samples": 10}  # fmt: skip
+    cfg_path = tmp_path / "calibrate.yaml"
+    cfg_path.write_text(yaml.safe_dump({"modality": "US", "data": {"val": [entry]}}))
+    before = (shipped / METADATA).read_bytes()
+
+    def calibrate(out: str) -> int:
+        args = ["--model", str(shipped), "--config", str(cfg_path), "--out", str(tmp_path / out)]
+        return main(["calibrate", *args])
+
+    assert calibrate("m") == 0
+    assert (shipped / METADATA).read_bytes() == before  # the source bundle is untouched
+
+    new, old = load_bundle(tmp_path / "m"), load_bundle(shipped)
+    assert (tmp_path / "m" / WEIGHTS).read_bytes() == (shipped / WEIGHTS).read_bytes()
+    expected, report = fit_detection_calibration(
+        old.network, old.preprocessing, [entry], torch.device("cpu"), quiet, postprocessing=old.postprocessing
+    )
+    assert expected and new.calibration == json.loads(json.dumps(expected))
+    assert new.calibration != old.calibration
+    assert new.metadata["metrics"]["calibration"]["series_used"] == report["series_used"] == 10
+    assert new.metadata["metrics"]["validation"] == old.metadata["metrics"]["validation"]
+    card = (tmp_path / "m" / CARD).read_text()
+    assert "refitted by `backmice calibrate`" in card and card.count("- Calibration") == 1
+
+    # nothing to fit (two images without any nodule) and a config without data.val: one-line errors
+    none = {**entry, "anatomy": {"no_nodule_prob": 1.0}, "calibration_samples": 2}
+    cfg_path.write_text(yaml.safe_dump({"modality": "US", "data": {"val": [none]}}))
+    assert calibrate("x") == 2
+    assert not (tmp_path / "x").exists()
+    assert "too few labelled detections" in capsys.readouterr().err
+    cfg_path.write_text(yaml.safe_dump({"modality": "US", "data": {"train": [entry]}}))
+    assert calibrate("x") == 2
+    assert "needs a non-empty 'val' source list" in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""Handlers of ``backmice detect``, ``train``, ``evaluate`` and ``export`` (argument parsing is in
-:mod:`backmice_vision.cli`). They call the library and print a short summary; errors propagate as
-:class:`~backmice_vision.errors.BackmiceError` for the top-level handler to print."""
+"""Handlers of ``backmice detect``, ``train``, ``calibrate``, ``evaluate`` and ``export`` (argument
+parsing is in :mod:`backmice_vision.cli`). They call the library and print a short summary; errors
+propagate as :class:`~backmice_vision.errors.BackmiceError` for the top-level handler to print."""
 
 from __future__ import annotations
 
@@ -43,6 +43,17 @@ def run_train(ns: argparse.Namespace) -> int:
         print(msg, flush=True)
 
     out = train(ns.config, resume=ns.resume, device=ns.device, log=log)
+    print(f"model written to {out}")
+    return 0
+
+
+def run_calibrate(ns: argparse.Namespace) -> int:
+    from .train import recalibrate
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    out = recalibrate(ns.model, ns.config, ns.out, device=ns.device, log=log)
     print(f"model written to {out}")
     return 0
 

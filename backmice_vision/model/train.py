@@ -12,7 +12,8 @@ choose the checkpoint, its ``calibration_samples`` randomised ultrasound images 
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``, and
 ``ema_decay``: when set, an exponential moving average of the weights and batch-norm statistics,
 updated after every step from the initial weights, is what validation scores and the bundle ships),
-``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``weights_dtype`` (``float32``, or
+``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``calibration_max_series`` (how many
+annotated validation series the calibration uses, 40 unless set), ``weights_dtype`` (``float32``, or
 ``float16`` parameters for half the file size: the validation Dice is measured before, the calibration
 after rounding), ``init_from`` (optional bundle folder whose weights start the training: fine-tuning,
 e.g. the shipped model on your own annotated DICOM), ``version`` and ``changelog`` (the bundle's
@@ -28,7 +29,8 @@ phantoms when ``data.train`` holds a ``type: synthetic`` source). Every epoch re
 torch, the MONAI transforms and the image draw from ``seed`` and the epoch, so a run resumed from
 ``last.pt`` (model, optimizer, scheduler, epoch, best, history) continues exactly as the uninterrupted one.
 At the end the best weights become a bundle (atomic write), with calibration fitted on the validation
-series (and randomised images) when ``calibrate``.
+series (and randomised images) when ``calibrate``. :func:`recalibrate` (``backmice calibrate``) refits
+the calibration of an existing bundle on a config's ``data.val`` sources, e.g. your own annotated DICOM.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ DEFAULT_OPTIM: dict[str, Any] = {
 }
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a training YAML config; returns it with defaults filled in."""
+def load_config(path: str | Path, *, need_train: bool = True) -> dict[str, Any]:
+    """Read and check a training YAML config; returns it with defaults filled in. ``need_train=False``
+    accepts a config without ``data.train`` (for :func:`recalibrate`)."""
     import yaml
 
     p = Path(path)
@@ -75,10 +78,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"not valid YAML ({type(exc).__name__})", p) from exc
     if not isinstance(cfg, dict):
         raise ConfigError("training config must be a mapping", p)
-    return check_config(cfg, str(p))
+    return check_config(cfg, str(p), need_train=need_train)
 
 
-def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
+def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool = True) -> dict[str, Any]:
     """Validate a training config mapping and fill defaults (raises :class:`ConfigError`)."""
     out = dict(cfg)
     modality = str(out.get("modality", "")).upper()
@@ -94,6 +97,9 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     out.setdefault("max_minutes", None)
     out.setdefault("num_workers", 0)
     out.setdefault("calibrate", True)
+    max_series = out.setdefault("calibration_max_series", 40)
+    if isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 0:
+        raise ConfigError(f"{where}: calibration_max_series must be a non-negative integer")
     out.setdefault("weights_dtype", "float32")
     out["version"] = str(out.get("version", "0.1.0"))
     changelog = out.setdefault("changelog", None)
@@ -132,8 +138,12 @@ def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{where}: optim.ema_decay must be a number between 0 and 1 (e.g. 0.998)")
     out["optim"] = optim
     data = out.get("data")
-    if not isinstance(data, dict) or not data.get("train") or not data.get("val"):
-        raise ConfigError(f"{where}: data needs non-empty 'train' and 'val' source lists")
+    if not isinstance(data, dict) or not data.get("val") or (need_train and not data.get("train")):
+        raise ConfigError(
+            f"{where}: data needs non-empty 'train' and 'val' source lists"
+            if need_train
+            else f"{where}: data needs a non-empty 'val' source list"
+        )
     data.setdefault("max_frames_per_series", 8)
     data.setdefault("max_val_samples", 120)
     return out
@@ -470,7 +480,13 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
     cal_report: dict[str, Any] = {}
     if cfg["calibrate"]:
         calibration, cal_report = fit_detection_calibration(
-            net, prep, data["val"], dev, log, postprocessing=cfg["postprocessing"]
+            net,
+            prep,
+            data["val"],
+            dev,
+            log,
+            max_series=cfg["calibration_max_series"],
+            postprocessing=cfg["postprocessing"],
         )
     training = {
         "config": {k: v for k, v in cfg.items() if k not in ("data",)} | {"data": data},
@@ -632,6 +648,65 @@ def fit_detection_calibration(
         }
     log(f"calibration on {n} validation series: " + json.dumps(report))
     return params, report
+
+
+def recalibrate(
+    model: str | Path,
+    config: dict[str, Any] | str | Path,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    log: Log = print,
+) -> Path:
+    """Refit the ``nodule`` / ``defect`` / ``series`` calibration of the bundle ``model`` on the
+    ``data.val`` sources of ``config`` (a training config; ``data.train`` may be absent; at most
+    ``calibration_max_series`` annotated series, plus the ``calibration_samples`` randomised images of a
+    ``type: synthetic`` source) with the bundle's own preprocessing and post-processing thresholds, and
+    write the bundle with the new calibration to ``out`` (atomic; the weights are copied unchanged, the
+    card's calibration line is rewritten). Raises :class:`ConfigError` when nothing could be fitted."""
+    import torch
+
+    from .bundle import CARD, WEIGHTS, load_bundle, save_bundle
+    from .inference import resolve_device
+
+    where = str(config) if isinstance(config, (str, Path)) else "config"
+    cfg = (
+        load_config(config, need_train=False)
+        if isinstance(config, (str, Path))
+        else check_config(config, need_train=False)
+    )
+    dev = resolve_device(device)
+    bundle = load_bundle(model, modality=cfg["modality"], device=dev)
+    val = cfg["data"]["val"]
+    _maybe_generate(val, cfg["modality"], log)
+    params, report = fit_detection_calibration(
+        bundle.network,
+        bundle.preprocessing,
+        val,
+        dev,
+        log,
+        max_series=cfg["calibration_max_series"],
+        postprocessing=bundle.postprocessing,
+    )
+    if not params:
+        raise ConfigError(f"{where}: too few labelled detections in data.val to fit any calibration")
+    meta = copy.deepcopy(bundle.metadata)
+    meta.pop("sha256", None)
+    meta["calibration"] = params
+    meta.setdefault("metrics", {})["calibration"] = report
+    meta["recalibration"] = {"data": val, "max_series": cfg["calibration_max_series"]}
+    state = torch.load(bundle.path / WEIGHTS, map_location="cpu", weights_only=True)
+    card = (bundle.path / CARD).read_text() if (bundle.path / CARD).is_file() else f"# {meta['name']}\n"
+    line = f"- Calibration (refitted by `backmice calibrate` on {where}): {json.dumps(report)}."
+    lines = card.splitlines()
+    at = [i for i, text in enumerate(lines) if text.startswith("- Calibration")]
+    if at:
+        lines[at[0]] = line
+    else:
+        lines += ["", line]
+    saved = save_bundle(out, state, meta, "\n".join(lines) + "\n")
+    log(f"calibration refitted on {report['series_used']} series; bundle written to {saved}")
+    return saved
 
 
 def _apply(params: dict[str, Any], s: np.ndarray) -> np.ndarray:
