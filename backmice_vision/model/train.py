@@ -690,8 +690,7 @@ def recalibrate(
     )
     if not params:
         raise ConfigError(f"{where}: too few labelled detections in data.val to fit any calibration")
-    meta = copy.deepcopy(bundle.metadata)
-    meta.pop("sha256", None)
+    meta = copy.deepcopy(bundle.metadata)  # save_bundle writes the sha256 of the copied weights
     meta["calibration"] = params
     meta.setdefault("metrics", {})["calibration"] = report
     meta["recalibration"] = {"data": val, "max_series": cfg["calibration_max_series"]}
