@@ -667,11 +667,17 @@ class _Progress:
 
 
 def _case_names(case_dirs: list[Path]) -> dict[Path, str]:
-    """Each case folder's name, with its parent's when two data folders hold cases of one name (two
-    sets of ``case_0000``... are different cases: they must not merge in counts or resampling)."""
-    names = [d.name for d in case_dirs]
-    clash = len(set(names)) < len(names)
-    return {d: f"{d.parent.name}/{d.name}" if clash else d.name for d in case_dirs}
+    """Each case folder's name, with as many of its parents as make the names unique (two sets of
+    ``case_0000``... are different cases: they must not merge in counts or resampling; two blocks of one
+    set, ``a/us_stress/case_0000`` and ``b/us_stress/case_0000``, need two parents)."""
+    parts = [d.resolve().parts for d in case_dirs]
+    depth = 1
+    while depth < max((len(p) for p in parts), default=1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            break
+        depth += 1
+    return {d: "/".join(p[-depth:]) for d, p in zip(case_dirs, parts, strict=True)}
 
 
 def run_evaluation(

@@ -19,7 +19,16 @@ from backmice_vision.evaluation import TARGET_FP_RATE, CaseScores, case_scores, 
 
 
 def _pool(arg: str) -> list[dict[str, Any]]:
-    return [json.loads((Path(p) / "evaluation.json").read_text()) for p in arg.split(",")]
+    """The reports of one model's folders; ``ValueError`` naming the file that is missing or unreadable."""
+    reports = []
+    for folder in arg.split(","):
+        path = Path(folder) / "evaluation.json"
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+            raise ValueError(f"{path}: {reason}") from None
+    return reports
 
 
 def _cases(reports: list[dict[str, Any]], modality: str) -> dict[str, CaseScores]:
@@ -34,7 +43,11 @@ def main(args: list[str]) -> int:
     if len(args) < 2:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
-    pools = [_pool(a) for a in args]
+    try:
+        pools = [_pool(a) for a in args]
+    except ValueError as exc:
+        print(f"compare: {exc}", file=sys.stderr)
+        return 2
     if len({len(p) for p in pools}) != 1:
         print("compare: every model needs the same number of evaluation folders", file=sys.stderr)
         return 2

@@ -385,6 +385,14 @@ def test_backmice_evaluate_on_a_generated_mr_case_writes_json_markdown_and_plots
     assert both["n_cases"] == both["modalities"]["MR"]["n_cases"] == 2
     assert {s["case"] for s in both["series"]} == {"data/case_0000", "data2/case_0000"}
     assert both["modalities"]["MR"]["n_target_nodules"] == 2 * mr["n_target_nodules"]
+    # two blocks of one set (the same set and case names under two roots) stay two cases in the
+    # per-series scores that the bootstrap and the paired comparison resample
+    shutil.copytree(tmp_path / "data", tmp_path / "block2" / "data")
+    blocks = [tmp_path / "data", tmp_path / "block2" / "data"]
+    pooled = run_evaluation(blocks, tmp_path / "ev3", progress=False)
+    names = {s["case"] for s in pooled["series"]}
+    assert len(names) == pooled["n_cases"] == 2 and "block2/data/case_0000" in names
+    assert len(case_scores(pooled["series"], "MR")) == 2
 
 
 def test_truth_from_labels_measures_an_annotated_nodule_like_a_prediction(tmp_path):
@@ -403,3 +411,21 @@ def test_truth_from_labels_measures_an_annotated_nodule_like_a_prediction(tmp_pa
     assert min(truth["diameters_mm"]) == pytest.approx(12.0, abs=0.5)
     assert truth["visible"] is True  # (defect flags on real phantom geometry: test_detection_phantoms)
     assert truth_from_labels(series, np.where(labels == NODULE, FAT, labels).astype(np.uint8)) == []
+
+
+def test_compare_evaluations_names_a_missing_report_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_evaluations.py"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "evaluation.json").write_text("{")
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == f"compare: {tmp_path / 'a' / 'evaluation.json'}: not valid JSON"
