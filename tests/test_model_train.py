@@ -204,6 +204,10 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
     deep["network"]["kwargs"].update(channels=[4, 4, 8, 8, 16, 16], strides=[2, 2, 2, 2, 2])  # factor 32
     with pytest.raises(ConfigError, match=r"multiple \(16\) must be a multiple of the network's"):
         train(deep, device="cpu", log=quiet)
+    flat = config(data, tmp_path)
+    flat["network"]["kwargs"]["in_channels"] = 1  # MR tiles carry the slice and its two neighbours
+    with pytest.raises(ConfigError, match=r"in_channels \(1\) must be 3, the channels that preprocessing"):
+        train(flat, device="cpu", log=quiet)
     with pytest.raises(ConfigError, match="postprocessing: unknown threshold 'grow'"):
         train(config(data, tmp_path, postprocessing={"grow": 0.3}), device="cpu", log=quiet)
     with pytest.raises(ConfigError, match=r"changelog must map versions to text and include version 0\.3\.0"):

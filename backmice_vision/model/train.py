@@ -121,6 +121,14 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
     ).to_dict()
     from .network import default_spec, downsampling_factor
 
+    net_kwargs = out["network"].get("kwargs") if isinstance(out.get("network"), dict) else None
+    channels = Preprocessing.from_dict(out["preprocessing"]).in_channels
+    if isinstance(net_kwargs, dict) and net_kwargs.get("in_channels", channels) != channels:
+        raise ConfigError(
+            f"{where}: network.kwargs.in_channels ({net_kwargs['in_channels']}) must be {channels}, the "
+            f"channels that preprocessing gives {modality} (preprocessing.context "
+            f"{out['preprocessing'].get('context', 0)}: the image and that many neighbours on each side)"
+        )
     factor = downsampling_factor(out.get("network") or default_spec(1))
     if out["preprocessing"]["multiple"] % factor:
         raise ConfigError(
