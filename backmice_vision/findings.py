@@ -30,8 +30,10 @@ Measurements (all in mm, never invented: an uncalibrated ultrasound region gives
       it), less the way from the voxel centre to its face along +y; ``None`` when no ray meets the skin
       inside the stack (a small field of view that crops the skin off gives no depth, not one to its edge).
     * ``fascia_depth_mm``: depth of the first fascia voxel (probability ≥ 0.5) met going deeper from the
-      nodule centre (ultrasound: down the columns of the nodule's central half, median over columns; MR:
-      along −y from the centre), measured from the skin.
+      nodule centre, measured from the skin (ultrasound: down the columns of the nodule's central half,
+      median over columns; MR: along −y from the centre's height down the columns of the central half of
+      the nodule's footprint, at most 10 mm below its deepest voxel, median over the columns that meet
+      it, added to the needle depth at the centre).
     * ``fascia_defect``: the defect-class peak (mean of the highest defect probabilities covering 1 mm² of
       in-plane area, which ignores single-pixel spikes) in a band of ``defect_band_mm`` around the
       nodule's deep half (voxels deeper than its centre), through the ``"defect"`` calibration;
@@ -159,7 +161,7 @@ _THRESHOLD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Thr
 DEFAULT_THRESHOLDS = Thresholds()  # the neutral record; the operating point is load_thresholds()
 _FASCIA_P = 0.5
 _DEFECT_P = 0.5
-_SEARCH_MM = 120.0  # longest skin / fascia search from a nodule centre
+_SEARCH_MM = 120.0  # longest skin search from a nodule
 _POSTERIOR = np.array([0.0, 1.0, 0.0])  # +y in LPS: from the nodule towards the skin of the back
 
 Calibration = dict[str, dict[str, Any]]
@@ -494,7 +496,10 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
 
         needle, fascia_depth = None, None
         if affine is not None and body is not None and centre_mm is not None and spacing is not None:
-            needle, fascia_depth = _mr_line_search(affine, centre_mm, body, probs[FASCIA], min(spacing))
+            needle = _mr_needle(affine, centre_mm, body, min(spacing))
+            below = _mr_fascia_below(affine, centre_mm, idx, probs[FASCIA], min(spacing))
+            if needle is not None and below is not None:
+                fascia_depth = needle.depth_mm + below
 
         fdef = FasciaDefect(present=False, probability=float(apply_calibration(cal.get("defect"), 0.0)))
         if spacing is not None and lin is not None:
@@ -558,30 +563,62 @@ def _posterior_skin_distance(
     return np.where(first_air < first_out, ts[np.minimum(first_air, len(ts) - 1)] - 0.5 * h, np.nan)
 
 
-def _mr_line_search(
-    affine: np.ndarray, centre_mm: np.ndarray, body: BodyMask, fascia_p: np.ndarray, step_mm: float
-) -> tuple[NeedleTarget | None, float | None]:
-    """Walk +y (posterior) from the centre to the skin and −y to the first fascia voxel."""
-    inv = np.linalg.inv(affine)
-    shape = np.asarray(body.shape)
-    h = 0.5 * step_mm
-    ts = np.arange(h, _SEARCH_MM, h)
+def _mr_needle(
+    affine: np.ndarray, centre_mm: np.ndarray, body: BodyMask, step_mm: float
+) -> NeedleTarget | None:
+    """The skin entry point straight posterior (+y) of the nodule centre, None if no skin is met."""
     t_skin = float(_posterior_skin_distance(affine, centre_mm[None, :], body, step_mm)[0])
     if not np.isfinite(t_skin):
-        return None, None
-    skin_mm = centre_mm + np.array([0.0, t_skin, 0.0])
+        return None
+    inv = np.linalg.inv(affine)
+    skin_mm = centre_mm + t_skin * _POSTERIOR
     skin_vox = inv[:3, :3] @ skin_mm + inv[:3, 3]
-    needle = NeedleTarget(
+    return NeedleTarget(
         skin_voxel=(float(skin_vox[0]), float(skin_vox[1]), float(skin_vox[2])),
         skin_patient_mm=(float(skin_mm[0]), float(skin_mm[1]), float(skin_mm[2])),
         depth_mm=t_skin,
     )
-    down = np.rint((centre_mm[None, :] - ts[:, None] * _POSTERIOR) @ inv[:3, :3].T + inv[:3, 3]).astype(int)
-    inside = np.all((down >= 0) & (down < shape), axis=1)
-    stop = int(np.argmin(inside)) if not inside.all() else len(ts)
-    hit = fascia_p[tuple(down[:stop].T)] >= _FASCIA_P
-    fascia_depth = float(t_skin + ts[int(np.argmax(hit))]) if hit.any() else None
-    return needle, fascia_depth
+
+
+_FASCIA_BELOW_MM = 10.0  # MR: the fascia under a nodule is sought at most this far below its deepest voxel
+_MAX_COLUMNS = 400  # rays per nodule at most (evenly spread over its central columns)
+
+
+def _mr_fascia_below(
+    affine: np.ndarray, centre_mm: np.ndarray, idx: np.ndarray, fascia_p: np.ndarray, step_mm: float
+) -> float | None:
+    """Distance (mm) along −y from the nodule centre's height down to the fascia under the nodule.
+
+    One ray per column of the central half of the nodule's footprint (its voxels' patient x and z on a
+    ``step_mm`` grid, within a quarter of the footprint's x and z extents of its middle, as on
+    ultrasound: outer columns graze the capsule, which the model may call fascia), from the centre's y
+    down to the first fascia sample (probability ≥ 0.5), no deeper than ``_FASCIA_BELOW_MM`` below the
+    nodule's deepest voxel; the median over the columns that meet it. Columns beside a fascia defect
+    still meet the sheet at its level, and a deeper sheet (the fascia of a muscle under an unsegmented
+    patch) is out of reach. None when no column meets a fascia within the bound.
+    """
+    lin, origin = affine[:3, :3], affine[:3, 3]
+    pts = idx @ lin.T + origin
+    xz = pts[:, [0, 2]]
+    lo, hi = xz.min(axis=0), xz.max(axis=0)
+    central = np.all(np.abs(xz - 0.5 * (lo + hi)) <= 0.25 * (hi - lo) + 0.5 * step_mm, axis=1)
+    cols = np.unique(np.rint(xz[central] / step_mm).astype(np.int64), axis=0) * step_mm
+    if len(cols) > _MAX_COLUMNS:
+        cols = cols[np.linspace(0, len(cols) - 1, _MAX_COLUMNS).astype(np.intp)]
+    h = 0.5 * step_mm
+    reach = float(centre_mm[1] - pts[:, 1].min()) + _FASCIA_BELOW_MM
+    ts = np.arange(h, reach + h, h)
+    starts = np.column_stack([cols[:, 0], np.full(len(cols), centre_mm[1]), cols[:, 1]])
+    samples = starts[:, None, :] - ts[None, :, None] * _POSTERIOR  # (M, T, 3)
+    inv = np.linalg.inv(affine)
+    vox = np.rint(samples @ inv[:3, :3].T + inv[:3, 3]).astype(np.intp)
+    inside = np.all((vox >= 0) & (vox < np.asarray(fascia_p.shape)), axis=2)
+    hit = np.zeros(inside.shape, dtype=bool)
+    hit[inside] = fascia_p[tuple(vox[inside].T)] >= _FASCIA_P
+    met = hit.any(axis=1)
+    if not met.any():
+        return None
+    return float(np.median(ts[np.argmax(hit[met], axis=1)]))
 
 
 # --------------------------------------------------------------------------- ultrasound

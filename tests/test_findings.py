@@ -146,6 +146,22 @@ def test_mr_flipped_affine_measurements_match_hand_computation():
     assert n.mask is not None and n.mask.shape == (4, 10, 15) and n.mask.all()
 
 
+def test_mr_fascia_depth_bridges_a_gap_under_the_centre_and_ignores_deeper_sheets():
+    """The fascia under a nodule: the median over its footprint's columns, a deeper sheet out of reach."""
+    series, p = _mr_case(FLIPPED)
+    _put(p, FAT, (slice(None), slice(20, 22), slice(26, 29)), 1.0)  # a 3-column gap under the centre
+    _put(p, FASCIA, (slice(None), slice(2, 4), slice(None)), 1.0)  # a deeper sheet, 25 mm below the centre
+    (n,), _ = extract_nodules(series, p, thresholds=THR)
+    # the central half of the 15 footprint columns (with half a step's margin) is 23..31: six meet the
+    # sheet at its level (22.4 mm, as without the gap); the three under the gap find nothing within
+    # 10 mm of the nodule's deep face
+    assert n.fascia_depth_mm == pytest.approx(22.4, abs=0.45)
+    _put(p, FAT, (slice(None), slice(20, 22), slice(None)), 1.0)  # only the deep sheet is left
+    (n,), _ = extract_nodules(series, p, thresholds=THR)
+    assert n.fascia_depth_mm is None
+    assert n.needle_target is not None and n.needle_target.depth_mm == pytest.approx(12.0, abs=0.45)
+
+
 def test_mr_oblique_affine_rotation_invariant_sizes_and_right_side():
     # columns: k -> 3.5 mm along rotated z, i -> 0.8 mm along rotated y, j -> 0.8 mm along -x
     rot = _rot_x(30.0)
