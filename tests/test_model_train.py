@@ -15,7 +15,7 @@ from model_factory import SEGMENT_MAP, TINY_NET, write_mr_with_seg
 from backmice_vision.errors import ConfigError
 from backmice_vision.labels import MODEL_CLASSES
 from backmice_vision.model.bundle import CARD, load_bundle
-from backmice_vision.model.train import train
+from backmice_vision.model.train import segmentation_loss, train
 
 
 class Interrupted(Exception):
@@ -195,6 +195,40 @@ def test_validation_can_add_a_fixed_set_of_domain_randomised_images(data: Path, 
         train(cfg, device="cpu", log=quiet)
 
 
+def _half_and_grown(cls: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels with a 4x4 block of ``cls``; logits that find half of it, and all of it plus 8 pixels."""
+    labels = torch.zeros(1, 1, 8, 8)
+    labels[0, 0, 2:6, 2:6] = cls
+
+    def logits(rows: slice, cols: slice) -> torch.Tensor:
+        out = torch.full((1, len(MODEL_CLASSES), 8, 8), -10.0)
+        out[0, 0] = 10.0
+        out[0, 0, rows, cols], out[0, cls, rows, cols] = -10.0, 10.0
+        return out
+
+    return labels, logits(slice(2, 6), slice(2, 4)), logits(slice(2, 6), slice(1, 7))
+
+
+def test_recall_weighted_losses_punish_a_miss_more_than_a_false_alarm_of_the_same_size() -> None:
+    nodule = MODEL_CLASSES.index("nodule")
+    labels, half, grown = _half_and_grown(nodule)  # 8 pixels missed against 8 pixels too many
+
+    def miss_minus_false_alarm(**optim: Any) -> float:
+        loss = segmentation_loss({"tversky_beta": None, "ce_class_weights": None, **optim})
+        return float(loss(half, labels) - loss(grown, labels))
+
+    # the overlap terms are means over the 4 foreground classes (the absent ones cost 0); the two
+    # cross-entropies are equal (8 wrong pixels each). Dice: a miss of 8 of 16 pixels costs 1/3, 8 extra 1/5
+    assert miss_minus_false_alarm() == pytest.approx((1 / 3 - 1 / 5) / 4, abs=1e-4)
+    # Tversky with beta 0.7 (alpha 0.3): 1 - 8 / 13.6 against 1 - 16 / 18.4; beta 0.3 turns it round
+    assert miss_minus_false_alarm(tversky_beta=0.7) == pytest.approx((16 / 18.4 - 8 / 13.6) / 4, abs=1e-4)
+    assert miss_minus_false_alarm(tversky_beta=0.3) == pytest.approx((16 / 21.6 - 8 / 10.4) / 4, abs=1e-4)
+    # a nodule weight of 4 in the cross-entropy: the 8 missed pixels weigh 4 each, the 8 extra ones 1
+    weights = [1.0, 1.0, 1.0, 4.0, 1.0]
+    weighted = miss_minus_false_alarm(ce_class_weights=weights) - miss_minus_false_alarm()
+    assert weighted == pytest.approx((8 * 4 - 8) * 20.0 / (16 * 4 + 48), rel=1e-3)
+
+
 def test_config_errors(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="modality must be one of MR, US"):
         train(config(data, tmp_path, modality="CT"), log=quiet)
@@ -208,6 +242,10 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
     flat["network"]["kwargs"]["in_channels"] = 1  # MR tiles carry the slice and its two neighbours
     with pytest.raises(ConfigError, match=r"in_channels \(1\) must be 3, the channels that preprocessing"):
         train(flat, device="cpu", log=quiet)
+    with pytest.raises(ConfigError, match=r"optim\.tversky_beta must be a number between 0 and 1"):
+        train(config(data, tmp_path, optim={"tversky_beta": 1.5}), device="cpu", log=quiet)
+    with pytest.raises(ConfigError, match=r"optim\.ce_class_weights must list 5 positive numbers"):
+        train(config(data, tmp_path, optim={"ce_class_weights": [1.0, 2.0]}), device="cpu", log=quiet)
     with pytest.raises(ConfigError, match="postprocessing: unknown threshold 'grow'"):
         train(config(data, tmp_path, postprocessing={"grow": 0.3}), device="cpu", log=quiet)
     with pytest.raises(ConfigError, match=r"changelog must map versions to text and include version 0\.3\.0"):

@@ -11,7 +11,8 @@ choose the checkpoint, its ``calibration_samples`` randomised ultrasound images 
 ``augment``, ``optim``
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``, and
 ``ema_decay``: when set, an exponential moving average of the weights and batch-norm statistics,
-updated after every step from the initial weights, is what validation scores and the bundle ships),
+updated after every step from the initial weights, is what validation scores and the bundle ships;
+``tversky_beta`` and ``ce_class_weights``: see :func:`segmentation_loss`),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``calibration_max_series`` (how many
 annotated validation series the calibration uses, 40 unless set), ``weights_dtype`` (``float32``, or
 ``float16`` parameters for half the file size: the validation Dice is measured before, the calibration
@@ -21,10 +22,10 @@ release: ``changelog`` maps versions to what changed, ``version`` included), ``p
 (optional inference thresholds for this network, e.g. ``nodule_grow_threshold``: stored in the bundle,
 applied over ``configs/inference.yaml`` and used by the calibration).
 
-Loop: DiceCE loss (Dice without background, over the batch) on class-balanced patches; AdamW with cosine
-decay per epoch; validation after every epoch on the full validation tiles (Dice of nodule and defect over
-all pixels, their mean selects the best checkpoint). The epoch's images come from
-:class:`~backmice_vision.model.synthetic.MixedTrainingSet` (annotated tiles, and domain-randomised
+Loop: DiceCE loss (Dice without background, over the batch; :func:`segmentation_loss`) on class-balanced
+patches; AdamW with cosine decay per epoch; validation after every epoch on the full validation tiles
+(Dice of nodule and defect over all pixels, their mean selects the best checkpoint). The epoch's images
+come from :class:`~backmice_vision.model.synthetic.MixedTrainingSet` (annotated tiles, and domain-randomised
 phantoms when ``data.train`` holds a ``type: synthetic`` source). Every epoch re-seeds Python, NumPy,
 torch, the MONAI transforms and the image draw from ``seed`` and the epoch, so a run resumed from
 ``last.pt`` (model, optimizer, scheduler, epoch, best, history) continues exactly as the uninterrupted one.
@@ -139,11 +140,22 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
     for key in ("batch_size", "epochs", "steps_per_epoch"):
         if not isinstance(optim[key], int) or optim[key] < 1:
             raise ConfigError(f"{where}: optim.{key} must be a positive integer")
-    decay = optim.setdefault("ema_decay", None)
-    if decay is not None and (
-        isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1
+    for key, example in (("ema_decay", 0.998), ("tversky_beta", 0.7)):
+        value = optim.setdefault(key, None)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1
+        ):
+            raise ConfigError(f"{where}: optim.{key} must be a number between 0 and 1 (e.g. {example})")
+    weights = optim.setdefault("ce_class_weights", None)
+    if weights is not None and (
+        not isinstance(weights, list)
+        or len(weights) != len(MODEL_CLASSES)
+        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights)
     ):
-        raise ConfigError(f"{where}: optim.ema_decay must be a number between 0 and 1 (e.g. 0.998)")
+        raise ConfigError(
+            f"{where}: optim.ce_class_weights must list {len(MODEL_CLASSES)} positive numbers "
+            f"({', '.join(MODEL_CLASSES)})"
+        )
     out["optim"] = optim
     data = out.get("data")
     if not isinstance(data, dict) or not data.get("val") or (need_train and not data.get("train")):
@@ -293,10 +305,34 @@ def train(
         torch.set_num_threads(threads)
 
 
+def segmentation_loss(optim: dict[str, Any], device: Any = "cpu") -> Callable[[Any, Any], Any]:
+    """The training loss of a checked config's ``optim``: logits (B, C, H, W), labels (B, 1, H, W).
+
+    Soft Dice (or, with ``tversky_beta`` β, the Tversky index with α = 1 − β: β > 0.5 weighs missed
+    pixels more than false ones, for recall) averaged over the foreground classes, pooled over the batch,
+    plus cross-entropy over all classes, weighted per class by ``ce_class_weights`` when set (the
+    overlap term is not weighted). Without either option it is MONAI's ``DiceCELoss``.
+    """
+    import torch
+    from monai.losses import DiceLoss, TverskyLoss
+
+    common: dict[str, Any] = dict(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    beta = optim.get("tversky_beta")
+    overlap = DiceLoss(**common) if beta is None else TverskyLoss(alpha=1.0 - beta, beta=beta, **common)
+    weights = optim.get("ce_class_weights")
+    ce = torch.nn.CrossEntropyLoss(
+        weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+    )
+
+    def overlap_ce(logits: Any, labels: Any) -> Any:
+        return overlap(logits, labels) + ce(logits, labels[:, 0].long())
+
+    return overlap_ce
+
+
 def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, log: Log) -> Path:
     import torch
     from monai.data import DataLoader
-    from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
     from .bundle import make_metadata, save_bundle
@@ -373,7 +409,7 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         shuffle=False,
         num_workers=int(cfg["num_workers"]),
     )
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    loss_fn = segmentation_loss(opt_cfg, dev)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=float(opt_cfg["lr"]), weight_decay=float(opt_cfg["weight_decay"])
     )
