@@ -15,7 +15,7 @@ from model_factory import SEGMENT_MAP, TINY_NET, write_mr_with_seg
 from backmice_vision.errors import ConfigError
 from backmice_vision.labels import MODEL_CLASSES
 from backmice_vision.model.bundle import CARD, load_bundle
-from backmice_vision.model.train import segmentation_loss, train
+from backmice_vision.model.train import recompute_batchnorm, segmentation_loss, train
 
 
 class Interrupted(Exception):
@@ -73,6 +73,37 @@ def test_train_learns_and_writes_a_bundle(data: Path, tmp_path: Path) -> None:
     assert "Dice" in (out / CARD).read_text()
     assert b.version == "0.2.0" and b.metadata["changelog"] == release
     assert (out / CARD).read_text().startswith("# tiny_mr 0.2.0:")
+
+
+def test_precise_batchnorm_statistics_are_the_average_over_fixed_batches() -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 2, 8, 8, generator=gen) * (k + 1) + k for k in range(3)]
+    results = []
+    for before in (0.0, 50.0):  # whatever the training batches left in the running statistics
+        net = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2))
+        torch.nn.init.eye_(net[0].weight[:, :, 0, 0])
+        torch.nn.init.zeros_(net[0].bias)
+        net[1].running_mean.fill_(before)
+        net.eval()
+        recompute_batchnorm(net, batches, "cpu")
+        assert not net.training and net[1].momentum == pytest.approx(0.1)
+        assert int(net[1].num_batches_tracked) == 3
+        results.append(net[1].running_mean.clone())
+    # the identity convolution passes the input through: each channel's mean over the three batches
+    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(dim=0)
+    assert torch.allclose(results[0], expected, atol=1e-5) and torch.allclose(results[1], expected, atol=1e-5)
+
+
+def test_training_with_precise_batchnorm_ships_the_recomputed_statistics(data: Path, tmp_path: Path) -> None:
+    net = copy.deepcopy(TINY_NET)
+    net["kwargs"]["norm"] = "batch"
+    optim = {"lr": 0.01, "batch_size": 4, "epochs": 2, "steps_per_epoch": 4, "precise_bn_batches": 3}
+    out = train(config(data, tmp_path, network=net, optim=optim), device="cpu", log=quiet)
+    state = load_bundle(out).network.state_dict()
+    counts = {k: int(v) for k, v in state.items() if "num_batches_tracked" in k}
+    assert counts and set(counts.values()) == {3}  # 3 fixed batches, not the 8 training steps
+    with pytest.raises(ConfigError, match=r"optim\.precise_bn_batches must be a positive integer"):
+        train(config(data, tmp_path, optim={**optim, "precise_bn_batches": 0}), device="cpu", log=quiet)
 
 
 def test_float16_weights_halve_the_bundle_and_load_into_float32(data: Path, tmp_path: Path) -> None:

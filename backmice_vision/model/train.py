@@ -12,7 +12,9 @@ choose the checkpoint, its ``calibration_samples`` randomised ultrasound images 
 (``lr``, ``weight_decay``, ``batch_size`` patches per step, ``epochs``, ``steps_per_epoch``, and
 ``ema_decay``: when set, an exponential moving average of the weights and batch-norm statistics,
 updated after every step from the initial weights, is what validation scores and the bundle ships;
-``tversky_beta`` and ``ce_class_weights``: see :func:`segmentation_loss`),
+``tversky_beta`` and ``ce_class_weights``: see :func:`segmentation_loss`; ``precise_bn_batches``: before
+every validation the batch-norm statistics of the scored weights are recomputed on that many fixed
+training batches, :func:`recompute_batchnorm`),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``calibration_max_series`` (how many
 annotated validation series the calibration uses, 40 unless set), ``weights_dtype`` (``float32``, or
 ``float16`` parameters for half the file size: the validation Dice is measured before, the calibration
@@ -140,6 +142,11 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
     for key in ("batch_size", "epochs", "steps_per_epoch"):
         if not isinstance(optim[key], int) or optim[key] < 1:
             raise ConfigError(f"{where}: optim.{key} must be a positive integer")
+    bn_batches = optim.setdefault("precise_bn_batches", None)
+    if bn_batches is not None and (
+        not isinstance(bn_batches, int) or isinstance(bn_batches, bool) or bn_batches < 1
+    ):
+        raise ConfigError(f"{where}: optim.precise_bn_batches must be a positive integer (e.g. 32)")
     for key, example in (("ema_decay", 0.998), ("tversky_beta", 0.7)):
         value = optim.setdefault(key, None)
         if value is not None and (
@@ -281,6 +288,34 @@ def _ema_update(ema: dict[str, Any], state: Mapping[str, Any], decay: float) -> 
             ema[key].copy_(value)
 
 
+def recompute_batchnorm(net: Any, batches: list[Any], device: Any) -> None:
+    """Replace the running statistics of every batch-norm layer of ``net`` by their plain average over
+    ``batches`` (input tensors), computed in training mode without gradients ("precise BN").
+
+    The running averages of training (momentum 0.1) follow the last few dozen batches, so on a mix of
+    randomised and simulated images they swing from epoch to epoch and with them every score in
+    evaluation mode; a fixed set of batches makes the statistics, and so validation, a function of
+    the weights alone.
+    """
+    import torch
+
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not batches:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    was_training = net.training
+    net.train()
+    with torch.no_grad():
+        for x in batches:
+            net(x.to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.train(was_training)
+
+
 def _seed_epoch(seed: int, epoch: int, transforms: Any) -> None:
     from monai.utils import set_determinism
 
@@ -409,6 +444,18 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         shuffle=False,
         num_workers=int(cfg["num_workers"]),
     )
+    bn_batches: list[Any] = []
+    if opt_cfg["precise_bn_batches"]:
+        bn_set = MixedTrainingSet(
+            train_samples,
+            synthetic,
+            share,
+            transforms,
+            opt_cfg["precise_bn_batches"] * images_per_step,
+            int(cfg["seed"]) + 1,
+        )
+        _seed_epoch(int(cfg["seed"]) + 1, 0, transforms)
+        bn_batches = [b["image"] for b in DataLoader(bn_set, batch_size=images_per_step, shuffle=False)]
     loss_fn = segmentation_loss(opt_cfg, dev)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=float(opt_cfg["lr"]), weight_decay=float(opt_cfg["weight_decay"])
@@ -468,6 +515,7 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         scheduler.step()
         if ema is not None:
             scored_net.load_state_dict(ema)
+        recompute_batchnorm(scored_net, bn_batches, dev)
         metrics = validate(scored_net, val_samples, dev, prep.multiple)
         ep_s = time.perf_counter() - t_ep
         used_s += ep_s
