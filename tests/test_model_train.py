@@ -106,6 +106,35 @@ def test_training_with_precise_batchnorm_ships_the_recomputed_statistics(data: P
         train(config(data, tmp_path, optim={**optim, "precise_bn_batches": 0}), device="cpu", log=quiet)
 
 
+def test_bundle_from_checkpoint_takes_the_last_epoch_and_refuses_what_does_not_fit(
+    data: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    out = train(
+        config(data, tmp_path, optim={"lr": 0.01, "batch_size": 4, "epochs": 2, "steps_per_epoch": 2}),
+        device="cpu",
+        log=quiet,
+    )
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_from_checkpoint.py"
+
+    def run(checkpoint: Path, target: Path) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(script), str(checkpoint), str(out), str(target)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert run(tmp_path / "run" / "last.pt", tmp_path / "last_bundle").returncode == 0
+    rebuilt = load_bundle(tmp_path / "last_bundle")  # sha256 checked on loading
+    assert all(torch.equal(v, last["model"][k]) for k, v in rebuilt.network.state_dict().items())
+    assert rebuilt.metadata["calibration"] == load_bundle(out).metadata["calibration"]
+    for bad in (tmp_path / "missing.pt", out / "configs" / "metadata.json"):
+        failed = run(bad, tmp_path / "never")
+        assert failed.returncode == 2 and "Traceback" not in failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1 and str(bad) in failed.stderr
+    assert not (tmp_path / "never").exists()
+
+
 def test_float16_weights_halve_the_bundle_and_load_into_float32(data: Path, tmp_path: Path) -> None:
     net = copy.deepcopy(TINY_NET)
     net["kwargs"]["norm"] = "batch"  # running statistics: buffers that stay float32
