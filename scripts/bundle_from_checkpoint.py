@@ -1,8 +1,9 @@
 """A candidate bundle from any training checkpoint, e.g. a run's last epoch instead of its best.
 
 ``python scripts/bundle_from_checkpoint.py CHECKPOINT BUNDLE OUT``: ``CHECKPOINT`` is a ``last.pt`` or
-``best.pt`` of ``backmice train``, ``BUNDLE`` the bundle that run wrote (its metadata, card and
-calibration are copied, the calibration is not refitted), ``OUT`` the new bundle folder (written
+``best.pt`` of ``backmice train`` (of a run with ``optim.ema_decay``: its weight average), ``BUNDLE``
+the bundle that run wrote (its metadata, card and calibration are copied, the calibration is not
+refitted: rankings, hence FROC figures, are still right), ``OUT`` the new bundle folder (written
 atomically). A fine-tuning config with ``init_from: OUT`` then continues from those weights, e.g. one
 step at a learning rate near zero with ``optim.precise_bn_batches`` to recompute their batch-norm
 statistics and refit the calibration (``configs/train_mr_dr_fine_large_precise_bn.yaml``).
@@ -28,7 +29,8 @@ def main(argv: list[str]) -> int:
     checkpoint, bundle, out = (Path(a) for a in argv)
     try:
         source = load_bundle(bundle)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = saved.get("ema") or saved["model"]  # a weight average is what the run scores and ships
         source.network.load_state_dict(state)  # the checkpoint must fit the bundle's network
     except BackmiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -36,7 +38,7 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"error: {checkpoint}: {exc.strerror or 'cannot be read'}", file=sys.stderr)
         return 2
-    except (EOFError, KeyError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError):
+    except (AttributeError, EOFError, KeyError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError):
         print(f"error: {checkpoint}: not a checkpoint of this bundle's network", file=sys.stderr)
         return 2
     meta = json.loads((bundle / METADATA).read_text())
