@@ -139,14 +139,13 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
             f"the network's downsampling factor ({factor})"
         )
     optim = {**DEFAULT_OPTIM, **(out.get("optim") or {})}
-    for key in ("batch_size", "epochs", "steps_per_epoch"):
-        if not isinstance(optim[key], int) or optim[key] < 1:
+    optim.setdefault("precise_bn_batches", None)  # optional
+    for key in ("batch_size", "epochs", "steps_per_epoch", "precise_bn_batches"):
+        value = optim[key]
+        if (value is not None or key != "precise_bn_batches") and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
             raise ConfigError(f"{where}: optim.{key} must be a positive integer")
-    bn_batches = optim.setdefault("precise_bn_batches", None)
-    if bn_batches is not None and (
-        not isinstance(bn_batches, int) or isinstance(bn_batches, bool) or bn_batches < 1
-    ):
-        raise ConfigError(f"{where}: optim.precise_bn_batches must be a positive integer (e.g. 32)")
     for key, example in (("ema_decay", 0.998), ("tversky_beta", 0.7)):
         value = optim.setdefault(key, None)
         if value is not None and (
