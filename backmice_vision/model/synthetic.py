@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -34,6 +34,9 @@ from ..errors import ConfigError
 from ..labels import tissue_to_class_lut
 from ..types import FrameSource, ImageSeries, UltrasoundRegion
 from .inference import Preprocessing, _scale
+
+if TYPE_CHECKING:
+    from ..phantoms.randomise import MRLabelStack
 
 _CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
 SYNTHETIC_KEYS = frozenset(
@@ -54,7 +57,7 @@ class SyntheticSource:
     pool: int = 3000
     seed: int = 0
     anatomy: dict[str, Any] = field(default_factory=dict)
-    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _maps: dict[int, np.ndarray | MRLabelStack] = field(default_factory=dict, repr=False)
     _subjects: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -93,8 +96,9 @@ class SyntheticSource:
             )
         return self._subjects[index]
 
-    def label_map(self, p: int) -> np.ndarray:
-        """Tissue labels of pool entry ``p``: ``(rows, cols)`` (US) or ``(C, rows, cols)`` (MR)."""
+    def label_map(self, p: int) -> np.ndarray | MRLabelStack:
+        """Tissue labels of pool entry ``p``: uint8 ``(rows, cols)`` (US) or an :class:`MRLabelStack`
+        of ``C`` neighbouring slices (MR)."""
         if p not in self._maps:
             from ..phantoms import randomise
 
@@ -127,6 +131,7 @@ class SyntheticSource:
         sp = float(self.prep.spacing_mm)
         for k in range(n):
             labels = self.label_map(int(rng.integers(self.pool)))
+            assert isinstance(labels, np.ndarray)  # an ultrasound map
             image = np.ascontiguousarray(randomise.randomise_us(labels, rng, sp)[None], np.float32)
             rows, cols = labels.shape
             region = UltrasoundRegion(0, (0, 0, rows, cols), (sp, sp))
@@ -138,12 +143,12 @@ class SyntheticSource:
         from ..phantoms import randomise
 
         labels = self.label_map(int(rng.integers(self.pool)))
-        if self.prep.modality == "US":
+        if isinstance(labels, np.ndarray):  # ultrasound
             image = randomise.randomise_us(labels, rng, self.prep.spacing_mm)[None]
             centre = labels
         else:
-            image = randomise.randomise_mr(labels, rng, self.prep.spacing_mm)
-            centre = labels[self.prep.context]
+            image, shown = randomise.randomise_mr(labels, rng, self.prep.spacing_mm)
+            centre = shown[self.prep.context]
         image = _scale(np.ascontiguousarray(image, np.float32), self.prep.percentiles)
         return {"image": image, "label": _CLASS_LUT[centre][None]}
 

@@ -408,21 +408,13 @@ def simulate_mr(subject: Subject, protocol: MRProtocol, rng: np.random.Generator
     tex_params = _smooth_field(rng)
     bias_y = max(float(subject.skin_y(0.0, float(center[2]))), subject.half_ap_mm) + 5.0
     bias_len = float(rng.uniform(0.8, 1.4)) * subject.half_ap_mm
-    lesion_boxes = _lesion_boxes(subject, margin=p.slice_thickness_mm / 2 + max(dr, dc))
+    boxes = lesion_boxes(subject, margin=p.slice_thickness_mm / 2 + max(dr, dc))
 
     jj, ii = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
     in_plane = jj[..., None] * np.float32(dc) * row.astype(np.float32) + ii[..., None] * np.float32(
         dr
     ) * col.astype(np.float32)  # (rows, cols, 3)
-    sub_offsets = np.array(
-        [
-            u * p.slice_thickness_mm * normal + a * dr * col + b * dc * row
-            for u in (-1 / 3, 0.0, 1 / 3)
-            for a in (-0.25, 0.25)
-            for b in (-0.25, 0.25)
-        ],
-        np.float32,
-    )
+    sub_offsets = voxel_sub_offsets(row, col, p.slice_thickness_mm, (dr, dc))
 
     volume = np.empty((p.n_slices, rows, cols), np.float32)
     labels = np.empty((p.n_slices, rows, cols), np.uint8)
@@ -432,8 +424,7 @@ def simulate_mr(subject: Subject, protocol: MRProtocol, rng: np.random.Generator
         lab, nid = subject.labels_and_ids_at(pts)
         labels[k], ids[k] = lab, nid
         sig = _signal(lut, oed_value, oedematous, lab, nid)
-        refine = _boundaries(lab) | _in_boxes(pts, lesion_boxes)
-        r_idx = np.nonzero(refine.ravel())[0]
+        r_idx = partial_volume_pixels(lab, pts, boxes)
         if r_idx.size:
             sub = pts.reshape(-1, 3)[r_idx][:, None, :] + sub_offsets[None]
             sl, sn = subject.labels_and_ids_at(sub)
@@ -502,6 +493,36 @@ def _signal(
     return sig
 
 
+def voxel_sub_offsets(
+    row: np.ndarray, col: np.ndarray, thickness_mm: float, spacing_mm: tuple[float, float]
+) -> np.ndarray:
+    """Offsets float32 ``(12, 3)`` in mm from a voxel centre to the points whose mean signal the voxel
+    holds: 3 through the slice thickness (along ``row x col``) x 2 x 2 in-plane (a quarter pixel from
+    the centre). ``row`` / ``col`` are the unit row and column cosines, ``spacing_mm`` (row, column)
+    spacing, i.e. DICOM PixelSpacing."""
+    normal = np.cross(row, col)
+    dr, dc = spacing_mm
+    return np.array(
+        [
+            u * thickness_mm * normal + a * dr * col + b * dc * row
+            for u in (-1 / 3, 0.0, 1 / 3)
+            for a in (-0.25, 0.25)
+            for b in (-0.25, 0.25)
+        ],
+        np.float32,
+    )
+
+
+def partial_volume_pixels(
+    lab: np.ndarray, pts: np.ndarray, boxes: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Flat indices (int64) of the pixels of one slice whose voxel may hold more than one tissue: an
+    in-plane label boundary, or inside a lesion box (where a lesion may start within the slice
+    thickness). ``lab`` are the centre labels ``(rows, cols)``, ``pts`` their centres ``(rows, cols, 3)``
+    in mm; ``boxes`` from :func:`lesion_boxes`."""
+    return np.nonzero((_boundaries(lab) | _in_boxes(pts, boxes)).ravel())[0]
+
+
 def _boundaries(lab: np.ndarray) -> np.ndarray:
     """Pixels whose label differs from one of their 4-neighbours."""
     out = np.zeros(lab.shape, bool)
@@ -514,7 +535,9 @@ def _boundaries(lab: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lesion_boxes(subject: Subject, margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def lesion_boxes(subject: Subject, margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Axis-aligned boxes (lo, hi) float32 in patient mm around every nodule (its stalk and the fascia
+    under it included) and every cyst or haematoma, grown by ``margin`` mm."""
     boxes = []
     for nod in subject.nodules:
         lo, hi = nod.bbox_mm(margin=margin)

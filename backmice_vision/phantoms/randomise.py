@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -30,6 +31,7 @@ from .anatomy import Subject
 
 T = Tissue
 _FAT = (T.SUPERFICIAL_FAT, T.DEEP_FAT)
+_NODULE_TISSUES = (T.NODULE, T.NODULE_CAPSULE, T.STALK)
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -64,6 +66,22 @@ def us_label_map(
     return np.asarray(subject.labels_at(pts), np.uint8)
 
 
+@dataclass(frozen=True)
+class MRLabelStack:
+    """Tissue labels of neighbouring MR slices and the sub-voxel samples a thick slice averages.
+
+    ``labels`` uint8 ``(C, rows, cols)``: the tissue at each voxel centre (the training target).
+    ``refined[c]`` for slice ``c``: flat pixel indices int64 ``(n,)`` of the voxels that may hold more
+    than one tissue (label boundaries, around lesions) and their tissues uint8 ``(n, 12)`` at 3 points
+    through the slice thickness x 2 x 2 in-plane, as :func:`.mr.simulate_mr` renders a voxel: the image
+    there is the mean of their signals (partial volume: a thin capsule or the cap of a nodule cut by the
+    slice is dimmed, not drawn at full contrast).
+    """
+
+    labels: np.ndarray
+    refined: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
 def mr_label_stack(
     subject: Subject,
     rng: np.random.Generator,
@@ -72,13 +90,15 @@ def mr_label_stack(
     fov_mm: tuple[float, float] = (150.0, 420.0),
     p_axial: float = 0.7,
     p_on_nodule: float = 0.6,
-) -> np.ndarray:
-    """Tissue labels uint8 ``(2 * context + 1, rows, cols)``: neighbouring slices of a random MR stack.
+) -> MRLabelStack:
+    """Tissue labels of ``2 * context + 1`` neighbouring slices of a random MR stack.
 
-    Axial (oblique up to 15 degrees) or sagittal, slice spacing 3-6 mm, square field of view ``fov_mm``
-    centred on the body, the spine or (``p_on_nodule``) a nodule; rows or columns flipped with
-    probability 0.1 each (scanners store both). In-plane pixels at ``spacing_mm``.
+    Axial (oblique up to 15 degrees) or sagittal, slice spacing 3-6 mm, slice thickness 75-100 % of it,
+    square field of view ``fov_mm`` centred on the body, the spine or (``p_on_nodule``) a nodule; rows or
+    columns flipped with probability 0.1 each (scanners store both). In-plane pixels at ``spacing_mm``.
     """
+    from .mr import lesion_boxes, partial_volume_pixels, voxel_sub_offsets
+
     axial = bool(rng.random() < p_axial)
     tilt = math.radians(_u(rng, -15.0, 15.0) if axial else _u(rng, -8.0, 8.0))
     rot = np.array([[1, 0, 0], [0, math.cos(tilt), -math.sin(tilt)], [0, math.sin(tilt), math.cos(tilt)]])
@@ -102,15 +122,22 @@ def mr_label_stack(
     # centre: the target in the through-plane direction; in-plane a shift so the target is not always central
     centre = target + (rng.uniform(-0.3, 0.3, 2) * fov) @ np.stack([row_dir, col_dir])
     step = _u(rng, 3.0, 6.0)
+    thickness = step * _u(rng, 0.75, 1.0)
+    sub_offsets = voxel_sub_offsets(row_dir, col_dir, thickness, (spacing_mm, spacing_mm))
+    boxes = lesion_boxes(subject, margin=thickness / 2 + spacing_mm)
     jj, ii = np.meshgrid(np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32))
     grid = (jj - (n - 1) / 2)[..., None] * np.float32(spacing_mm) * row_dir.astype(np.float32) + (
         ii - (n - 1) / 2
     )[..., None] * np.float32(spacing_mm) * col_dir.astype(np.float32)
-    out = np.empty((2 * context + 1, n, n), np.uint8)
+    labels = np.empty((2 * context + 1, n, n), np.uint8)
+    refined = []
     for c, d in enumerate(range(-context, context + 1)):
         pts = grid + (centre + d * step * normal).astype(np.float32)
-        out[c] = subject.labels_at(pts)
-    return out
+        labels[c] = subject.labels_at(pts)
+        idx = partial_volume_pixels(labels[c], pts, boxes)
+        sub = subject.labels_at(pts.reshape(-1, 3)[idx][:, None, :] + sub_offsets[None])
+        refined.append((idx, np.asarray(sub, np.uint8)))
+    return MRLabelStack(labels, tuple(refined))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,13 +334,18 @@ def _post(img: np.ndarray, rng: np.random.Generator, jpeg: bool) -> np.ndarray:
 _MR_TISSUES = tuple(int(t) for t in T)
 
 
-def _mr_levels(rng: np.random.Generator) -> np.ndarray:
+def _mr_levels(rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """Signal per tissue: half the time near a real contrast (T1, T2, STIR tables of :mod:`.mr`),
-    otherwise uniform random per tissue (SynthSeg). Back mice keep the signal of fat mostly."""
+    otherwise uniform random per tissue (SynthSeg). Back mice keep the signal of fat mostly.
+
+    Also returns whether the nodules are invisible: fat-signal nodules on a fat-suppressed contrast
+    vanish with the fat (their capsule is within the noise of suppressed fat), as :mod:`.mr` labels them.
+    """
     from .mr import _FAT as FAT_SIGNAL
-    from .mr import SIGNAL
+    from .mr import FAT_SUPPRESSED, SIGNAL
 
     lut = np.zeros(256, np.float32)
+    contrast = ""
     if rng.random() < 0.5:
         contrast = ("T1", "T2", "STIR")[int(rng.integers(3))]
         fat = _u(rng, *FAT_SIGNAL[contrast])
@@ -326,21 +358,40 @@ def _mr_levels(rng: np.random.Generator) -> np.ndarray:
             lut[t] = _u(rng, 0.0, 1.0)
         fat = lut[T.SUPERFICIAL_FAT] = lut[T.DEEP_FAT] = _u(rng, 0.0, 1.0)
     lut[T.AIR] = 0.0
-    nod = fat * _u(rng, 0.9, 1.1) if rng.random() < 0.75 else _u(rng, 0.0, 1.2)
+    fat_like = bool(rng.random() < 0.75)
+    nod = fat * _u(rng, 0.9, 1.1) if fat_like else _u(rng, 0.0, 1.2)
     lut[T.NODULE] = lut[T.STALK] = nod
     for t in range(len(_MR_TISSUES), 256):
         lut[t] = lut[T.MUSCLE]
-    return lut
+    return lut, fat_like and contrast in FAT_SUPPRESSED
 
 
-def randomise_mr(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
-    """A random MR-like stack float32 ``(C, rows, cols)`` in [0, 1] for Tissue ``labels`` (C slices).
+def mr_signal(stack: MRLabelStack, lut: np.ndarray) -> np.ndarray:
+    """Noise-free signal float32 ``(C, rows, cols)`` of ``stack`` for the signal per tissue ``lut``
+    (float32, indexed by label): ``lut`` of the centre label, or the mean over the voxel's sub-samples
+    where :func:`mr_label_stack` refined it."""
+    img = lut[stack.labels]
+    flat = img.reshape(len(img), -1)
+    for c, (idx, sub) in enumerate(stack.refined):
+        flat[c, idx] = lut[sub].mean(axis=1)
+    return img
 
-    One intensity per tissue for the whole stack, a smooth texture per tissue, partial-volume blur,
-    a multiplicative coil bias, Rician noise, and randomly gamma and a coarser resolution.
+
+def randomise_mr(
+    stack: MRLabelStack, rng: np.random.Generator, spacing_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random MR-like stack float32 ``(C, rows, cols)`` in [0, 1] for the tissues of ``stack``, and
+    the tissue labels uint8 ``(C, rows, cols)`` it shows (nodules it cannot show relabelled as fat).
+
+    One intensity per tissue for the whole stack, partial volume over the slice thickness where the
+    tissue changes, a smooth texture per tissue, in-plane blur, a multiplicative coil bias, Rician
+    noise, and randomly gamma and a coarser resolution.
     """
-    lut = _mr_levels(rng)
-    img = lut[labels]
+    lut, hidden = _mr_levels(rng)
+    labels = stack.labels
+    img = mr_signal(stack, lut)
+    if hidden:
+        labels = np.where(np.isin(labels, _NODULE_TISSUES), np.uint8(T.SUPERFICIAL_FAT), labels)
     shape = labels.shape
     tex_amp = _u(rng, 0.0, 0.2)
     if tex_amp > 0:
@@ -356,4 +407,4 @@ def randomise_mr(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float
     img = np.hypot(img + sigma * n1, sigma * n2)
     lo, hi = np.percentile(img, (0.5, 99.5))
     img = np.clip((img - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
-    return _post(img, rng, jpeg=False)
+    return _post(img, rng, jpeg=False), labels
