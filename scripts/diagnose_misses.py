@@ -5,7 +5,8 @@
 For every target lesion that the model's own thresholds (``configs/inference.yaml`` and the bundle's
 ``postprocessing``; every confidence) leave without a finding: its longest diameter and depth (ground
 truth), the highest nodule probability inside it and the share of its pixels above the nodule threshold,
-the share of its pixels the network gives each class (background is muscle and everything else that is
+whether it is cut by the image border, the subject's habitus and fat thickness, the share of its
+pixels the network gives each class (background is muscle and everything else that is
 not fat, fascia, nodule or defect), and which relaxed threshold sets would have found it. A cine lesion
 is one line (its frames form one lesion, as in :mod:`backmice_vision.evaluation`).
 """
@@ -36,6 +37,7 @@ RELAXED = {
     "no fat ring": {"min_fat_context": 0.0},
     "no fascia above": {"max_fascia_above": 1.0},
     "grown from 0.25": {"nodule_grow_threshold": 0.25},
+    "aspect up to 10": {"max_aspect": 10.0},
     "threshold 0.3, no plausibility": {
         "nodule_threshold": 0.3,
         "min_fat_context": 0.0,
@@ -92,9 +94,11 @@ def main(model: str, data_dirs: list[Path]) -> None:
                     "none of the relaxed sets"
                 ]
                 size_mm = max(truth[big].get("diameters_mm") or [0.0])
+                cut = ", cut by the image border" if any(truth[t].get("truncated") for t in members) else ""
                 print(
                     f"{where} lesion {truth[big].get('id')}: {size_mm:.1f} mm "
-                    f"at {truth[big].get('depth_mm') or 0.0:.1f} mm depth; nodule p max {p_nod.max():.2f}, "
+                    f"at {truth[big].get('depth_mm') or 0.0:.1f} mm depth{cut} ({case.get('habitus', '?')}, "
+                    f"{case.get('total_fat_mm') or 0.0:.0f} mm of fat); nodule p max {p_nod.max():.2f}, "
                     f"{(p_nod > base['nodule_threshold']).mean():.0%} above threshold; classes "
                     + ", ".join(
                         f"{c} {v:.0%}" for c, v in zip(MODEL_CLASSES, shares, strict=True) if v >= 0.01
