@@ -97,6 +97,7 @@ MUSCLES = (
     Tissue.ABDOMINAL_WALL,
 )
 DEEP_FATS = (Tissue.RETROPERITONEAL_FAT, Tissue.INTRAMUSCULAR_FAT, Tissue.EPIDURAL_FAT)
+NODULE_TISSUES = (Tissue.NODULE, Tissue.NODULE_CAPSULE, Tissue.STALK)  # a back mouse: body, capsule, stalk
 # The physical tissue of each fine label (the simulators' tables are per base tissue).
 TISSUE_BASE: dict[Tissue, Tissue] = {
     **{t: t for t in Tissue if t <= Tissue.CSF},

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..labels import BONES, DEEP_FATS, MUSCLES, Tissue
+from ..labels import BONES, DEEP_FATS, MUSCLES, NODULE_TISSUES, Tissue
 from .anatomy import Subject
 
 Range = tuple[float, float]
@@ -568,7 +568,7 @@ def _hide_fat_signal_nodules(labels: np.ndarray, ids: np.ndarray, subject: Subje
     hidden = [nod.id for nod in subject.nodules if nod.variant != "oedematous"]
     if not hidden:
         return
-    mask = np.isin(ids, hidden) & np.isin(labels, (Tissue.NODULE, Tissue.NODULE_CAPSULE, Tissue.STALK))
+    mask = np.isin(ids, hidden) & np.isin(labels, NODULE_TISSUES)
     labels[mask] = Tissue.SUPERFICIAL_FAT
 
 

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..labels import Tissue
+from ..labels import NODULE_TISSUES, Tissue
 from .anatomy import Subject
 
 T = Tissue
 _FAT = (T.SUPERFICIAL_FAT, T.DEEP_FAT)
-_NODULE_TISSUES = (T.NODULE, T.NODULE_CAPSULE, T.STALK)
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -391,7 +390,7 @@ def randomise_mr(
     labels = stack.labels
     img = mr_signal(stack, lut)
     if hidden:
-        labels = np.where(np.isin(labels, _NODULE_TISSUES), np.uint8(T.SUPERFICIAL_FAT), labels)
+        labels = np.where(np.isin(labels, NODULE_TISSUES), np.uint8(T.SUPERFICIAL_FAT), labels)
     shape = labels.shape
     tex_amp = _u(rng, 0.0, 0.2)
     if tex_amp > 0:

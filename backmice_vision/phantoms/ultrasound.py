@@ -48,13 +48,12 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError
-from ..labels import Tissue, tissue_base_lut
+from ..labels import NODULE_TISSUES, Tissue, tissue_base_lut
 
 Vec3 = tuple[float, float, float]
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 # E[20 log10 |Z|] for a unit-power complex Gaussian Z: the mean log level of fully developed speckle.
 _RAYLEIGH_LOG_MEAN_DB = -10.0 * np.euler_gamma / math.log(10.0)
-_NODULE_TISSUES = (Tissue.NODULE, Tissue.NODULE_CAPSULE, Tissue.STALK)
 _BASE_LUT = np.asarray(tissue_base_lut(), np.uint8)
 
 
@@ -564,7 +563,7 @@ def _labels_and_ids(subject: SubjectLike, points: np.ndarray) -> tuple[np.ndarra
         return np.asarray(lab, dtype=np.uint8), np.asarray(nid, dtype=np.uint8)
     labels = np.asarray(subject.labels_at(points), dtype=np.uint8)
     ids = np.zeros(labels.shape, dtype=np.uint8)
-    mask = np.isin(labels, [int(t) for t in _NODULE_TISSUES])
+    mask = np.isin(labels, [int(t) for t in NODULE_TISSUES])
     nodules = subject.nodules
     if not mask.any() or not nodules:
         return labels, ids
