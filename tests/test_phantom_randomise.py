@@ -58,6 +58,40 @@ def test_randomised_us_images_vary_around_a_fixed_anatomy(subject) -> None:
     assert np.array_equal(images[5], R.randomise_us(lab, np.random.default_rng(5), 0.4))
 
 
+def test_reverberation_repeats_the_near_field_below_the_reflector() -> None:
+    from backmice_vision.phantoms.ultrasound import near_field_clutter, reverberation
+
+    rx = np.zeros((40, 3), np.complex64)
+    rx[2] = 1.0 + 1.0j  # an echo 2 rows under the face
+    reflector = np.zeros((40, 3), bool)
+    reflector[10:13, 0] = True
+    reflector[25:27, 1] = True  # column 2 has no reflector
+    att_db = np.tile(np.arange(40, dtype=np.float32)[:, None], (1, 3))  # 1 dB per row
+    rev = reverberation(rx, reflector, att_db, -20.0)
+    assert np.flatnonzero(np.abs(rev[:, 0])).tolist() == [12] and np.flatnonzero(
+        np.abs(rev[:, 1])
+    ).tolist() == [27]
+    assert not np.abs(rev[:, 2]).any()
+    assert np.isclose(abs(rev[12, 0]), abs(rx[2, 0]) * 10 ** (-12 / 20) * 0.1, rtol=1e-5)
+    gain = near_field_clutter(np.array([0.0, 1.5, 30.0], np.float32), -6.0, 1.5)
+    assert np.allclose(gain, [10 ** (-6 / 20), 10 ** (-6 / 20) / np.e, 0.0], atol=1e-6)
+
+
+def test_randomised_us_has_near_field_clutter_in_some_draws(monkeypatch) -> None:
+    from backmice_vision.phantoms import ultrasound
+
+    lab = np.full((300, 60), Tissue.SUPERFICIAL_FAT, np.uint8)  # 30 mm of fat from the face, no skin echo
+    seeds = range(30)
+    with_clutter = [R.randomise_us(lab, np.random.default_rng(s), 0.1) for s in seeds]
+    monkeypatch.setattr(ultrasound, "near_field_clutter", lambda depth_mm, *_: np.zeros_like(depth_mm))
+    without = [R.randomise_us(lab, np.random.default_rng(s), 0.1) for s in seeds]
+    top = np.array([a[:5].mean() - b[:5].mean() for a, b in zip(with_clutter, without, strict=True)])
+    deep = np.array([np.abs(a[200:] - b[200:]).mean() for a, b in zip(with_clutter, without, strict=True)])
+    assert (top > 0.02).sum() >= 4 and top.min() > -0.02  # the first 0.5 mm brighter in many draws
+    assert (np.abs(top) < 1e-6).sum() >= 3  # and untouched in others
+    assert deep.max() < 0.05  # 20-30 mm deep: as without
+
+
 def test_mr_label_stack_and_randomised_contrast(subject) -> None:
     rng = np.random.default_rng(1)
     stack = R.mr_label_stack(subject, rng, 0.9, context=1)

@@ -262,10 +262,13 @@ def randomise_us(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float
     """A random B-mode-like image float32 ``(rows, cols)`` in [0, 1] for Tissue ``labels``.
 
     Per-tissue backscatter, fat septa and muscle striations of random size and direction, Rayleigh
-    speckle through a random anisotropic PSF, frequency-dependent attenuation with a partial,
-    gain-limited TGC, electronic noise, random dynamic range and gain, then (randomly) gamma, a
+    speckle through a random anisotropic PSF, frequency-dependent attenuation, (randomly) reverberation
+    of the near field below the fascia and near-field clutter as in :func:`.ultrasound.simulate_bmode`,
+    a partial, gain-limited TGC, electronic noise, random dynamic range and gain, then (randomly) gamma, a
     coarser resolution, a smooth gain field and JPEG compression. Rows are depth.
     """
+    from .ultrasound import near_field_clutter, reverberation
+
     rows, cols = labels.shape
     s = float(spacing_mm)
     db = _us_levels(rng)[labels]
@@ -288,14 +291,23 @@ def randomise_us(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float
     sig_ax = _u(rng, 0.04, 0.18) / s
     sig_lat = sig_ax * _u(rng, 1.3, 4.0)
     sig = (max(sig_ax, 0.3), max(sig_lat, 0.3))
-    re = ndimage.gaussian_filter(z[0] * amp, sig)
-    im = ndimage.gaussian_filter(z[1] * amp, sig)
     norm = math.sqrt(sum(1.0 / (2 * math.sqrt(math.pi) * q) for q in sig) / 2.0)  # keep unit speckle power
-    env = np.hypot(re, im) / np.float32(max(norm, 1e-3))
-    # attenuation and a partial TGC, gain-limited at a noise ceiling
+    gain = np.float32(1.0 / max(norm, 1e-3))
+    field = (ndimage.gaussian_filter(z[0] * amp, sig) + 1j * ndimage.gaussian_filter(z[1] * amp, sig)) * gain
+    # attenuation, then (randomly) the near field repeated below the fascia and clutter at the face
     freq = _u(rng, 5.0, 18.0)
     step = (2.0 * freq * s / 10.0) * _us_alpha(rng)[labels]
     att = np.cumsum(step, axis=0) - 0.5 * step
+    field *= np.power(np.float32(10.0), -att / np.float32(20.0))
+    tlf = labels == T.TLF
+    if tlf.any() and rng.random() < 0.6:
+        field += reverberation(field, tlf, att, _u(rng, -35.0, -15.0))
+    if rng.random() < 0.7:  # speckle-grained clutter over the top 0.5-4 mm, up to 6 dB above fat
+        depth_mm = ((np.arange(rows) + 0.5) * s).astype(np.float32)
+        z = rng.standard_normal((2, rows, cols), dtype=np.float32)
+        grain = (ndimage.gaussian_filter(z[0], sig) + 1j * ndimage.gaussian_filter(z[1], sig)) * gain
+        field += grain * near_field_clutter(depth_mm, _u(rng, -15.0, 6.0), _u(rng, 0.5, 4.0))[:, None]
+    # a partial TGC, gain-limited at a noise ceiling
     soft = np.minimum(step, np.float32(2.0 * freq * s / 10.0 * 1.6))
     typical = np.median(np.cumsum(soft, axis=0), axis=1)
     depth_frac = (np.arange(rows, dtype=np.float32) + 0.5) / rows
@@ -303,7 +315,7 @@ def randomise_us(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float
     noise_db = _u(rng, -110.0, -70.0)
     tgc = np.minimum(tgc, _u(rng, -25.0, -5.0) - noise_db)
     noise = np.hypot(*rng.standard_normal((2, rows, cols), dtype=np.float32)) / np.float32(math.sqrt(2.0))
-    lin = env * np.power(np.float32(10.0), -att / 20.0) + noise * np.float32(10.0 ** (noise_db / 20.0))
+    lin = np.abs(field).astype(np.float32) + noise * np.float32(10.0 ** (noise_db / 20.0))
     lin *= np.power(np.float32(10.0), tgc / 20.0)[:, None]
     level = 20.0 * np.log10(np.maximum(lin, 1e-12))
     dyn = _u(rng, 35.0, 80.0)

@@ -696,6 +696,25 @@ def _lateral_psf(iq: np.ndarray, probe: ProbeSettings, pixel_mm: float) -> np.nd
     return out
 
 
+def reverberation(rx: np.ndarray, reflector: np.ndarray, att_db: np.ndarray, level_db: float) -> np.ndarray:
+    """The near field repeated once below a strong reflector [43]: the echo field ``rx`` (rows are
+    depth) shifted down, per column, to the first row of ``reflector`` (bool, same shape), attenuated
+    again by the round-trip loss ``att_db`` at its new depth and scaled by ``level_db``; added to ``rx``
+    by the caller. Columns without the reflector get nothing."""
+    rows = rx.shape[0]
+    top = np.where(reflector.any(axis=0), np.argmax(reflector, axis=0), rows)
+    src = np.arange(rows)[:, None] - top[None, :]
+    rev = np.take_along_axis(rx, np.clip(src, 0, rows - 1), axis=0) * (src >= 0)
+    loss = np.power(np.float32(10.0), -att_db / np.float32(20.0))
+    return rev * loss * np.float32(10.0 ** (level_db / 20.0))
+
+
+def near_field_clutter(depth_mm: np.ndarray, level_db: float, decay_mm: float) -> np.ndarray:
+    """Amplitude float32 per row of the near-field clutter [43]: ``level_db`` (vs fat) at the transducer
+    face, decaying exponentially over ``decay_mm`` of depth; it multiplies unit-power noise."""
+    return np.float32(10.0 ** (level_db / 20.0)) * np.exp(-depth_mm / np.float32(decay_mm))
+
+
 def _render(
     subject: SubjectLike,
     plane: ScanPlane,
@@ -738,20 +757,11 @@ def _render(
     step_db = np.float32(2.0 * probe.frequency_mhz * px[0] / 10.0) * alpha
     att_db = np.cumsum(step_db, axis=0) - 0.5 * step_db
     rx = iq * np.power(np.float32(10.0), -att_db / np.float32(20.0))
-    if tlf.any() and probe.reverb_db > -150.0:  # the near field repeats once below the fascia
-        top = np.where(tlf.any(axis=0), np.argmax(tlf, axis=0), rows)
-        src = np.arange(rows)[:, None] - top[None, :]
-        ok = src >= 0
-        rev = np.take_along_axis(rx, np.clip(src, 0, rows - 1), axis=0) * ok
-        rx += (
-            rev
-            * np.power(np.float32(10.0), -att_db / np.float32(20.0))
-            * np.float32(10.0 ** (probe.reverb_db / 20.0))
-        )
+    if tlf.any() and probe.reverb_db > -150.0:
+        rx += reverberation(rx, tlf, att_db, probe.reverb_db)
     depth_mm = ((np.arange(rows) + 0.5) * px[0]).astype(np.float32)
     echo = scene.echo
-    clutter = np.float32(10.0 ** (echo.clutter_db / 20.0)) * np.exp(-depth_mm / np.float32(echo.clutter_mm))
-    rx += noise[rows:] * clutter[:, None]
+    rx += noise[rows:] * near_field_clutter(depth_mm, echo.clutter_db, echo.clutter_mm)[:, None]
     rx += noise[:rows] * np.float32(10.0 ** (probe.noise_db / 20.0))
     # the sonographer's TGC sliders follow the soft-tissue loss of a typical column (median over the
     # columns, bone counted as connective tissue so shadows are not compensated, smoothed over 3 mm);
