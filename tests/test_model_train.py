@@ -432,3 +432,20 @@ def test_recalibrate_refits_a_bundle_on_new_data_and_keeps_its_weights(
     cfg_path.write_text(yaml.safe_dump({"modality": "US", "data": {"train": [entry]}}))
     assert calibrate("x") == 2
     assert "needs a non-empty 'val' source list" in capsys.readouterr().err
+
+
+def test_phantom_sources_are_generated_whole_or_not_at_all(tmp_path: Path) -> None:
+    from backmice_vision.model.train import _maybe_generate
+
+    root = tmp_path / "us_train"
+    source = {"type": "phantom", "path": str(root), "generate": {"cases": 1, "seed": 3, "workers": 1}}
+    (tmp_path / "us_train.partial" / "case_0000").mkdir(parents=True)  # left by an interrupted run
+    _maybe_generate([source], "US", quiet)
+    assert (root / "case_0000" / "ground_truth.json").is_file()
+    assert not (tmp_path / "us_train.partial").exists()
+    stray = tmp_path / "mine"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("a user's folder, not phantom cases")
+    with pytest.raises(ConfigError, match="mine: holds no phantom cases"):
+        _maybe_generate([{**source, "path": str(stray)}], "US", quiet)
+    assert (stray / "notes.txt").is_file()

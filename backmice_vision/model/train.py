@@ -42,6 +42,7 @@ import copy
 import json
 import math
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -197,16 +198,23 @@ def _maybe_generate(sources: list[dict[str, Any]], modality: str, log: Log) -> N
         phantom_cfg = load_yaml_config(cfg_path) if cfg_path.is_file() else {}
         if gen.get("anatomy"):  # e.g. a validation set that must show nodules
             phantom_cfg = {**phantom_cfg, "anatomy": {**phantom_cfg.get("anatomy", {}), **gen["anatomy"]}}
+        if root.is_dir() and any(root.iterdir()):
+            raise ConfigError("holds no phantom cases (*/ground_truth.json): remove it or use another", root)
         log(f"generating {gen['cases']} {modality} phantom cases into {root} (seed {gen.get('seed', 0)})")
+        partial = root.with_name(root.name + ".partial")  # an interrupted run leaves no half set behind
+        shutil.rmtree(partial, ignore_errors=True)
         generate_cases(
             "us" if modality == "US" else "mr",
             int(gen["cases"]),
             int(gen.get("seed", 0)),
-            root,
+            partial,
             config=phantom_cfg,
             progress=False,
             workers=int(gen.get("workers", 2)),
         )
+        if root.is_dir():
+            root.rmdir()
+        partial.rename(root)
 
 
 def initial_weights(
