@@ -9,6 +9,11 @@ nodule pixels) is drawn twice: the stored image, and the same with the SEG conto
 
 Cases use the training settings (``configs/phantom_{us,mr}.yaml``); ``--sizes`` adds one case per size
 with a single nodule of that longest diameter (MR with a sagittal series too), named ``<modality>_<size>mm``.
+
+``randomised_{us,mr}.png``: what the shipped model (``models/backmice_{us,mr}``) trains on besides the
+phantoms, domain-randomised images at its model spacing (``backmice_vision.phantoms.randomise``), two rows
+of ``--randomised`` (even) draws, each above the same image with its training labels outlined (MR: the centre
+slice of the stack).
 """
 
 from __future__ import annotations
@@ -93,6 +98,37 @@ def render_series(case: Path, entry: dict, out: Path) -> Path:
     return path
 
 
+def render_randomised(modality: str, n: int, seed: int, out: Path) -> Path:
+    """A sheet of ``n`` randomised training images of ``modality`` with their class labels outlined."""
+    from backmice_vision.model.bundle import load_bundle
+    from backmice_vision.model.synthetic import SyntheticSource
+
+    prep = load_bundle(Path("models") / f"backmice_{modality}", device="cpu").preprocessing
+    source = SyntheticSource(prep, subjects=50, pool=200, seed=seed, anatomy={"no_nodule_prob": 0.2})
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for _ in range(n):
+        sample = source.sample(rng)
+        image = sample["image"][prep.context if modality == "mr" else 0]
+        labels = sample["label"][0]
+        base = np.repeat((np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+        over = base.copy()
+        for c, colour in COLOURS.items():
+            m = labels == c
+            over[m & ~ndimage.binary_erosion(m, iterations=1)] = colour
+        pair = Image.fromarray(np.concatenate([base, over], axis=0))
+        scale = min(240 / pair.width, 480 / pair.height)  # keep the pixel aspect
+        pair = pair.resize((round(pair.width * scale), round(pair.height * scale)), Image.Resampling.BILINEAR)
+        tile = Image.new("RGB", (240, 480))
+        tile.paste(pair, ((240 - pair.width) // 2, (480 - pair.height) // 2))
+        tiles.append(np.asarray(tile))
+    half = max(1, n // 2)
+    rows = [np.concatenate(tiles[:half], axis=1), np.concatenate(tiles[half : 2 * half], axis=1)]
+    path = out / f"randomised_{modality}.png"
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=2)
@@ -100,8 +136,12 @@ def main() -> None:
     ap.add_argument("--modality", choices=["us", "mr", "both"], default="both")
     ap.add_argument("--sizes", type=float, nargs="*", default=[10.0, 35.0])
     ap.add_argument("--out", type=Path, default=Path("docs/gallery"))
+    ap.add_argument("--randomised", type=int, default=10, help="randomised training images per modality")
     ns = ap.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
+    for modality in ("us", "mr") if ns.modality == "both" else (ns.modality,):
+        if ns.randomised > 0:
+            print(render_randomised(modality, ns.randomised, ns.seed, ns.out))
     work = Path(tempfile.mkdtemp(prefix="backmice_gallery_"))
     try:
         for modality in ("us", "mr") if ns.modality == "both" else (ns.modality,):
