@@ -72,16 +72,21 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def _outlined(rgb: np.ndarray, masks: dict[int, np.ndarray], thick: bool) -> np.ndarray:
+    """A copy of ``rgb`` with the outline of each class mask in its ``COLOURS`` (1 or 3 pixels wide)."""
+    over = rgb.copy()
+    for c, m in masks.items():
+        edge = m & ~ndimage.binary_erosion(m, iterations=1)
+        over[ndimage.binary_dilation(edge, iterations=1) if thick else edge] = COLOURS[c]
+    return over
+
+
 def render_series(case: Path, entry: dict, out: Path) -> Path:
     frames, dss = _read_series(case / entry["folder"])
     masks = _read_seg(case / entry["seg"], dss, frames.shape[0])
     k = int(np.argmax(masks[..., 2].sum(axis=(1, 2)))) if masks[..., 2].any() else frames.shape[0] // 2
     base = _to_rgb(frames[k])
-    over = base.copy()
-    for s, colour in COLOURS.items():
-        m = masks[k, ..., s - 1]
-        edge = m & ~ndimage.binary_erosion(m, iterations=1)
-        over[ndimage.binary_dilation(edge, iterations=1)] = colour
+    over = _outlined(base, {s: masks[k, ..., s - 1] for s in COLOURS}, thick=True)
     img = Image.fromarray(np.concatenate([base, over], axis=1))
     draw = ImageDraw.Draw(img)
     for nod in entry["nodules"]:
@@ -112,10 +117,7 @@ def render_randomised(modality: str, n: int, seed: int, out: Path) -> Path:
         image = sample["image"][prep.context if modality == "mr" else 0]
         labels = sample["label"][0]
         base = np.repeat((np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
-        over = base.copy()
-        for c, colour in COLOURS.items():
-            m = labels == c
-            over[m & ~ndimage.binary_erosion(m, iterations=1)] = colour
+        over = _outlined(base, {c: labels == c for c in COLOURS}, thick=False)
         pair = Image.fromarray(np.concatenate([base, over], axis=0))
         scale = min(240 / pair.width, 480 / pair.height)  # keep the pixel aspect
         pair = pair.resize((round(pair.width * scale), round(pair.height * scale)), Image.Resampling.BILINEAR)
