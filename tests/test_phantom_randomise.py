@@ -68,9 +68,8 @@ def test_reverberation_repeats_the_near_field_below_the_reflector() -> None:
     reflector[25:27, 1] = True  # column 2 has no reflector
     att_db = np.tile(np.arange(40, dtype=np.float32)[:, None], (1, 3))  # 1 dB per row
     rev = reverberation(rx, reflector, att_db, -20.0)
-    assert np.flatnonzero(np.abs(rev[:, 0])).tolist() == [12] and np.flatnonzero(
-        np.abs(rev[:, 1])
-    ).tolist() == [27]
+    assert np.flatnonzero(np.abs(rev[:, 0])).tolist() == [12]
+    assert np.flatnonzero(np.abs(rev[:, 1])).tolist() == [27]
     assert not np.abs(rev[:, 2]).any()
     assert np.isclose(abs(rev[12, 0]), abs(rx[2, 0]) * 10 ** (-12 / 20) * 0.1, rtol=1e-5)
     gain = near_field_clutter(np.array([0.0, 1.5, 30.0], np.float32), -6.0, 1.5)
