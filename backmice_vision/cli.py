@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="training config: its data.val sources")
     p.add_argument("--out", type=Path, required=True, help="folder for the recalibrated model")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--zooms",
+        type=float,
+        nargs="+",
+        help="inference zooms to set before the fit, e.g. 1 1.25 (probabilities averaged over the series "
+        "shown at the model spacing and 1.25 times larger)",
+    )
     p.set_defaults(handler=_calibrate)
 
     p = sub.add_parser("evaluate", help="FROC, Dice, defect AUC and calibration on a phantom set")

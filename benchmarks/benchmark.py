@@ -13,7 +13,8 @@ Every series is measured in a fresh subprocess (so that its peak RSS is its own)
 runs (median per stage); then, in the same process and side by side, the bare baseline (pydicom decode of
 every file + the bare network forward on the same tiles) and a reference pipeline written as a MONAI user
 would (``LoadImage(PydicomReader)``, percentile scaling, resampling to the bundle spacing,
-``sliding_window_inference`` with the same weights, softmax, resampling back), followed by our own
+``sliding_window_inference`` with the same weights, softmax, resampling back; once per inference zoom of
+the bundle, averaged), followed by our own
 :func:`~backmice_vision.findings.extract_nodules` so the findings can be compared (:func:`compare_findings`).
 Batch throughput is measured with :func:`~backmice_vision.batch.run_batch` on copies of the MR series
 (distinct UIDs), each run in a fresh subprocess: wall clock, and the steady-state rate after the first
@@ -48,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,7 @@ def _ours_once(
 
 def _bare_baseline(folder: Path, series: Any, bundle: Any) -> dict[str, float]:
     """pydicom decode of every file (``dcmread`` + ``pixel_array``) and the bare network forward on the
-    tiles our pipeline feeds it (same batches; tiles built outside the timing)."""
+    tiles our pipeline feeds it (same batches, every inference zoom; tiles built outside the timing)."""
     import pydicom
     import torch
 
@@ -276,8 +277,11 @@ def _bare_baseline(folder: Path, series: Any, bundle: Any) -> dict[str, float]:
         pydicom.dcmread(path).pixel_array  # noqa: B018 - decoding is the point
     decode = time.perf_counter() - t0
     prep = bundle.preprocessing
-    tiles = make_tiles(series, prep)
-    batches = [torch.from_numpy(pad_batch([t.image for t in b], prep.multiple)) for b in _batches(tiles, 8)]
+    batches = [
+        torch.from_numpy(pad_batch([t.image for t in b], prep.multiple))
+        for z in prep.zooms  # batched zoom by zoom, as predict_probabilities does
+        for b in _batches(make_tiles(series, replace(prep, spacing_mm=prep.spacing_mm / z)), 8)
+    ]
     net = bundle.network.eval()
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -329,7 +333,8 @@ def reference_probabilities(folder: Path, bundle: Any, modality: str, roi_mode: 
     """Class probabilities ``(C, n, rows, cols)`` on the stored grid from a pipeline a MONAI user would
     write: ``LoadImage(PydicomReader)``, ``ScaleIntensityRangePercentiles`` (bundle percentiles; per frame
     for US, per volume for MR), ``Resize`` to the bundle spacing (anti-aliased when shrinking),
-    ``sliding_window_inference`` (ROI = training patch, overlap 0.25, batch 8), softmax, ``Resize`` back.
+    ``sliding_window_inference`` (ROI = training patch, overlap 0.25, batch 8), softmax, ``Resize`` back;
+    once per inference zoom of the bundle (``spacing_mm / zoom``), the probabilities averaged.
 
     Fixes a user needs on top of MONAI's reader: its arrays are (cols, rows, slices) for MR, (rows, frames,
     cols, RGB) for a US cine and (cols, rows) for a US image, so they are transposed to (n, rows, cols); MR
@@ -366,23 +371,27 @@ def reference_probabilities(folder: Path, bundle: Any, modality: str, roi_mode: 
         vol = vol[:, r0:r1, c0:c1]
         vol = ScaleIntensityRangePercentiles(lo, hi, 0.0, 1.0, clip=True, channel_wise=True)(vol)
     n, h, w = (int(s) for s in vol.shape)
-    size = (max(1, round(h * spacing[0] / prep.spacing_mm)), max(1, round(w * spacing[1] / prep.spacing_mm)))
-    shrink = size[0] < h or size[1] < w
-    small = torch.as_tensor(Resize(size, mode="bilinear", anti_aliasing=shrink)(vol))
-    if modality == "MR":
-        ks = torch.arange(n)
-        chans = [small[(ks + d).clamp(0, n - 1)] for d in range(-prep.context, prep.context + 1)]
-        x = torch.stack(chans, dim=1)  # (n, 3, h', w')
-    else:
-        x = small[:, None]
     net = bundle.network.eval()
-    with torch.inference_mode():
-        m = prep.multiple
-        roi = _patch_size(bundle) if roi_mode == "patch" else (-(-size[0] // m) * m, -(-size[1] // m) * m)
-        logits = sliding_window_inference(x, roi, 8, net, overlap=0.25)
-        probs = torch.softmax(torch.as_tensor(logits), dim=1)
-        up = Resize((h, w), mode="bilinear")
-        back = torch.stack([torch.as_tensor(up(p)) for p in probs])  # (n, C, h, w)
+    back: Any = None
+    for zoom in prep.zooms:  # the bundle's inference zooms: probabilities averaged
+        target_mm = prep.spacing_mm / zoom
+        size = (max(1, round(h * spacing[0] / target_mm)), max(1, round(w * spacing[1] / target_mm)))
+        shrink = size[0] < h or size[1] < w
+        small = torch.as_tensor(Resize(size, mode="bilinear", anti_aliasing=shrink)(vol))
+        if modality == "MR":
+            ks = torch.arange(n)
+            chans = [small[(ks + d).clamp(0, n - 1)] for d in range(-prep.context, prep.context + 1)]
+            x = torch.stack(chans, dim=1)  # (n, 3, h', w')
+        else:
+            x = small[:, None]
+        with torch.inference_mode():
+            m = prep.multiple
+            roi = _patch_size(bundle) if roi_mode == "patch" else (-(-size[0] // m) * m, -(-size[1] // m) * m)
+            logits = sliding_window_inference(x, roi, 8, net, overlap=0.25)
+            probs = torch.softmax(torch.as_tensor(logits), dim=1)
+            up = Resize((h, w), mode="bilinear")
+            one = torch.stack([torch.as_tensor(up(p)) for p in probs]) / len(prep.zooms)  # (n, C, h, w)
+        back = one if back is None else back + one
     out_t = back.permute(1, 0, 2, 3)
     if modality == "MR":
         return np.ascontiguousarray(out_t.numpy(), dtype=np.float32)

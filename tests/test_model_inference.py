@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from backmice_vision.model.inference import (
     DEFAULT_MR,
     DEFAULT_US,
     MAX_BATCH_PIXELS,
+    Preprocessing,
     Tile,
     _resize,
     labels_to_tile,
@@ -76,6 +78,44 @@ def test_us_probabilities_land_in_the_region_at_the_right_place() -> None:
         assert abs(rows.mean() - r) < 1.0 and abs(cols.mean() - c) < 1.0
         area_mm2 = rows.size * 0.07 * 0.08
         assert abs(area_mm2 - np.pi * 9.0) / (np.pi * 9.0) < 0.1
+
+
+def test_zooms_average_the_probabilities_of_each_scale() -> None:
+    s = us_series()
+    finer = replace(DEFAULT_US, spacing_mm=DEFAULT_US.spacing_mm / 1.5)
+    at_1, at_15 = (predict_probabilities(Bright(), s, "cpu", prep=p) for p in (DEFAULT_US, finer))
+    assert np.abs(at_1 - at_15).max() > 0.05  # the scales differ at the edges of the discs
+    both = predict_probabilities(Bright(), s, "cpu", prep=replace(DEFAULT_US, zooms=(1.0, 1.5)))
+    np.testing.assert_allclose(both, 0.5 * (at_1 + at_15), atol=1e-6)
+    np.testing.assert_allclose(both.sum(axis=0), 1.0, atol=1e-5)
+    outside = np.ones(s.shape[1:], bool)
+    outside[BOX[0] : BOX[2], BOX[1] : BOX[3]] = False
+    assert np.all(both[BACKGROUND][:, outside] == 1.0)
+    timings: dict[str, float] = {}
+    only_finer = replace(DEFAULT_US, zooms=(1.5,))
+    np.testing.assert_array_equal(
+        predict_probabilities(Bright(), s, "cpu", prep=only_finer, timings=timings), at_15
+    )
+    assert set(timings) == {"preprocess", "model"}
+
+
+def test_zooms_keep_overlapping_regions_and_the_pixels_intact() -> None:
+    s = us_series(spacing=None)  # uncalibrated: 0.1 mm assumed, the model grid at zoom 2
+    s.regions.append(s.regions[0])  # some exports list a region twice
+    before = s.pixels.copy()
+    probs = predict_probabilities(Bright(), s, "cpu", prep=replace(DEFAULT_US, zooms=(1.0, 2.0)))
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(s.pixels, before)  # the tile at the source size is a copy
+
+
+def test_zooms_round_trip_and_bad_zooms_are_refused() -> None:
+    prep = replace(DEFAULT_US, zooms=(1.0, 1.25))
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
+    old = {k: v for k, v in DEFAULT_US.to_dict().items() if k != "zooms"}  # bundles before zooms existed
+    assert Preprocessing.from_dict(old).zooms == (1.0,)
+    for bad in ([], [1.0, 0.0], [5.0]):
+        with pytest.raises(ModelError, match=r"zooms must be 1 to n numbers in 0\.25\.\.4"):
+            Preprocessing.from_dict({**old, "zooms": bad})
 
 
 def test_smooth_map_survives_the_round_trip() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +332,19 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_a_mismatched_one(data: Pat
     start, end = load_bundle(first).network.state_dict(), load_bundle(tuned).network.state_dict()
     for key, value in start.items():  # a step of lr 1e-9 from the bundle's weights stays on them
         torch.testing.assert_close(end[key], value, rtol=1e-4, atol=1e-5)
+    # inference zooms are not part of what the weights learnt: a config may add them, the card says so
+    zoomed = config(data, tmp_path / "z", init_from=str(first), optim=one_step)
+    zoomed["preprocessing"] = {"zooms": [1.0, 1.5]}
+    lines.clear()
+    with_zooms = load_bundle(train(zoomed, device="cpu", log=lines.append))
+    assert "init_from: inference zooms [1.0, 1.5] (the bundle's: [1.0])" in lines
+    assert with_zooms.preprocessing == replace(load_bundle(first).preprocessing, zooms=(1.0, 1.5))
+    assert "- Inference zooms: 1, 1.5: class probabilities averaged" in (with_zooms.path / CARD).read_text()
+    with pytest.raises(ConfigError, match=r"config: preprocessing zooms must be 1 to n numbers"):
+        train(config(data, tmp_path / "f", preprocessing={"zooms": [9.0]}), device="cpu", log=quiet)
+    finer = config(data, tmp_path / "f", init_from=str(first), preprocessing={"spacing_mm": 0.5})
+    with pytest.raises(ConfigError, match="preprocessing differs"):
+        train(finer, device="cpu", log=quiet)
     wider = config(data, tmp_path / "c", init_from=str(first))
     wider["network"]["kwargs"]["channels"] = [8, 16, 32]
     with pytest.raises(ConfigError, match="network differs"):
@@ -404,8 +418,8 @@ def test_recalibrate_refits_a_bundle_on_new_data_and_keeps_its_weights(
     cfg_path.write_text(yaml.safe_dump({"modality": "US", "data": {"val": [entry]}}))
     before = (shipped / METADATA).read_bytes()
 
-    def calibrate(out: str) -> int:
-        args = ["--model", str(shipped), "--config", str(cfg_path), "--out", str(tmp_path / out)]
+    def calibrate(out: str, *more: str, model: Path = shipped) -> int:
+        args = ["--model", str(model), "--config", str(cfg_path), "--out", str(tmp_path / out), *more]
         return main(["calibrate", *args])
 
     assert calibrate("m") == 0
@@ -422,6 +436,21 @@ def test_recalibrate_refits_a_bundle_on_new_data_and_keeps_its_weights(
     assert new.metadata["metrics"]["validation"] == old.metadata["metrics"]["validation"]
     card = (tmp_path / "m" / CARD).read_text()
     assert "refitted by `backmice calibrate`" in card and card.count("- Calibration") == 1
+
+    # other inference zooms than the shipped model's: fitted on the mean of those scales, written into the
+    # bundle and its card
+    assert old.preprocessing.zooms != (1.0, 1.5)
+    assert calibrate("z", "--zooms", "1", "1.5") == 0
+    zoomed = load_bundle(tmp_path / "z")
+    assert zoomed.preprocessing.zooms == (1.0, 1.5) and zoomed.calibration != new.calibration
+    assert calibrate("zz", model=tmp_path / "z") == 0  # a refit keeps the zooms and one card line
+    assert load_bundle(tmp_path / "zz").preprocessing.zooms == (1.0, 1.5)
+    card = (tmp_path / "zz" / CARD).read_text()
+    assert card.count("- Inference zooms:") == 1
+    assert (
+        "- Inference zooms: 1, 1.5: class probabilities averaged over the series resampled to 0.4, 0.267"
+        in card
+    )
 
     # nothing to fit (two images without any nodule) and a config without data.val: one-line errors
     none = {**entry, "anatomy": {"no_nodule_prob": 1.0}, "calibration_samples": 2}

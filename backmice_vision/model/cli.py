@@ -53,7 +53,8 @@ def run_calibrate(ns: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    out = recalibrate(ns.model, ns.config, ns.out, device=ns.device, log=log)
+    zooms = tuple(ns.zooms) if ns.zooms else None
+    out = recalibrate(ns.model, ns.config, ns.out, device=ns.device, zooms=zooms, log=log)
     print(f"model written to {out}")
     return 0
 

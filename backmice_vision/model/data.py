@@ -241,7 +241,8 @@ def select_frames(labels: np.ndarray, max_frames: int) -> list[int]:
 
 
 def _cache_key(item: SeriesItem, prep: Preprocessing, max_frames: int) -> str:
-    parts = [CACHE_VERSION, json.dumps(prep.to_dict(), sort_keys=True), str(max_frames)]
+    tiling = {k: v for k, v in prep.to_dict().items() if k != "zooms"}  # zooms: inference only
+    parts = [CACHE_VERSION, json.dumps(tiling, sort_keys=True), str(max_frames)]
     images = item.image if isinstance(item.image, list) else [item.image]
     for p in [*images, item.seg, item.nifti_label]:
         if p is None:

@@ -17,13 +17,18 @@ MR
 Tiles are padded at the bottom and right to a multiple of ``multiple`` with zeros for the network and the
 output cropped back. Probabilities return to the source box by bilinear interpolation (a convex combination
 of softmax vectors, so they still sum to 1).
+
+Zooms
+    :func:`predict_probabilities` runs the network once per entry of ``zooms``, the series resampled to
+    ``spacing_mm / zoom`` (zoom 1.25: the image shown 1.25 times larger), and averages the probabilities
+    on the source grid. Training and :func:`make_tiles` use ``spacing_mm`` alone.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,7 +52,8 @@ class Preprocessing:
 
     ``spacing_mm``: model pixel size in mm (both directions). ``nominal_us_spacing_mm``: assumed pixel size
     of uncalibrated ultrasound. ``context``: MR slices on each side (channels = 2 * context + 1).
-    ``percentiles``: intensity percentiles mapped to 0 and 1.
+    ``percentiles``: intensity percentiles mapped to 0 and 1. ``zooms``: magnifications whose
+    probabilities :func:`predict_probabilities` averages (inference only; see the module docstring).
     """
 
     modality: str
@@ -56,6 +62,11 @@ class Preprocessing:
     context: int = 1
     percentiles: tuple[float, float] = (1.0, 99.0)
     multiple: int = 16
+    zooms: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if not self.zooms or not all(0.25 <= z <= 4.0 for z in self.zooms):
+            raise ModelError(f"preprocessing zooms must be 1 to n numbers in 0.25..4, not {list(self.zooms)}")
 
     @property
     def in_channels(self) -> int:
@@ -64,6 +75,7 @@ class Preprocessing:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
+        d["zooms"] = list(self.zooms)
         return d
 
     @classmethod
@@ -82,6 +94,7 @@ class Preprocessing:
                     float(d.get("percentiles", (1, 99))[1]),
                 ),
                 multiple=int(d.get("multiple", 16)),
+                zooms=tuple(float(z) for z in d.get("zooms", (1.0,))),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"invalid preprocessing description ({exc})") from exc
@@ -128,8 +141,8 @@ def _resize(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    if tuple(stack.shape[-2:]) == tuple(size):
-        return np.ascontiguousarray(stack, dtype=np.float32)
+    if tuple(stack.shape[-2:]) == tuple(size):  # a copy: callers scale it in place
+        return np.array(stack, dtype=np.float32, order="C", copy=True)
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     shrink = size[0] < stack.shape[-2] or size[1] < stack.shape[-1]
     with torch.inference_mode():
@@ -306,8 +319,9 @@ def predict_probabilities(
 
     ``model`` is a :class:`~backmice_vision.model.bundle.Bundle` (its own preprocessing) or a network
     (torch, or an :class:`~backmice_vision.model.export.OnnxNetwork` on the CPU) with ``prep`` given.
-    Ultrasound pixels outside every analysed region are background with probability 1. ``timings`` (if
-    given) receives ``preprocess`` and ``model`` seconds.
+    Ultrasound pixels outside every analysed region are background with probability 1. With several
+    ``prep.zooms`` the result is the mean over them. ``timings`` (if given) receives ``preprocess`` and
+    ``model`` seconds.
     """
     import time
 
@@ -324,20 +338,31 @@ def predict_probabilities(
         raise ModelError(f"the onnxruntime backend runs on the CPU, not on {dev.type}")
     if isinstance(net, torch.nn.Module) and next(net.parameters()).device != dev:
         net.to(dev)
-    t0 = time.perf_counter()
-    tiles = make_tiles(series, prep)
-    t1 = time.perf_counter()
-    probs_t = run_network(net, tiles, dev, multiple=prep.multiple, batch_size=batch_size, flip=flip)
+    runs: list[tuple[list[Tile], list[np.ndarray]]] = []  # per zoom: tiles, probabilities at model pixels
+    for zoom in prep.zooms:
+        t0 = time.perf_counter()
+        tiles = make_tiles(series, replace(prep, spacing_mm=prep.spacing_mm / zoom, zooms=(1.0,)))
+        t1 = time.perf_counter()
+        runs.append(
+            (tiles, run_network(net, tiles, dev, multiple=prep.multiple, batch_size=batch_size, flip=flip))
+        )
+        if timings is not None:
+            timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0)
+            timings["model"] = timings.get("model", 0.0) + (time.perf_counter() - t1)
     t2 = time.perf_counter()
     n, rows, cols = series.shape
     out = np.zeros((N_CLASSES, n, rows, cols), dtype=np.float32)
     out[BACKGROUND] = 1.0
-    for tile, p in zip(tiles, probs_t, strict=True):
+    for i, tile in enumerate(runs[0][0]):  # every zoom has the same tiles (frame, box) in the same order
+        src = tile_to_source(runs[0][1][i], tile)
+        for tiles, probs_t in runs[1:]:
+            src += tile_to_source(probs_t[i], tiles[i])
+        if len(runs) > 1:
+            src *= np.float32(1.0 / len(runs))
         r0, c0, r1, c1 = tile.box
-        out[:, tile.frame, r0:r1, c0:c1] = tile_to_source(p, tile)
+        out[:, tile.frame, r0:r1, c0:c1] = src
     if timings is not None:
-        timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0) + (time.perf_counter() - t2)
-        timings["model"] = timings.get("model", 0.0) + (t2 - t1)
+        timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t2)
     return out
 
 

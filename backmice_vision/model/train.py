@@ -45,12 +45,13 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackmiceError, ConfigError
+from ..errors import BackmiceError, ConfigError, ModelError
 from ..fileio import write_atomic
 from ..labels import DEFECT, MODEL_CLASSES, NODULE
 from ..profiles import MODALITIES, PROFILES
@@ -120,9 +121,12 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
     out["postprocessing"] = Thresholds.check(out.get("postprocessing") or {}, f"{where}: postprocessing")
     out.setdefault("augment", {})
     base = PROFILES[modality].default_preprocessing()
-    out["preprocessing"] = Preprocessing.from_dict(
-        {**base.to_dict(), **(out.get("preprocessing") or {}), "modality": modality}
-    ).to_dict()
+    try:
+        out["preprocessing"] = Preprocessing.from_dict(
+            {**base.to_dict(), **(out.get("preprocessing") or {}), "modality": modality}
+        ).to_dict()
+    except ModelError as exc:
+        raise ConfigError(f"{where}: {exc.reason}") from None
     from .network import default_spec, downsampling_factor
 
     net_kwargs = out["network"].get("kwargs") if isinstance(out.get("network"), dict) else None
@@ -218,7 +222,7 @@ def _maybe_generate(sources: list[dict[str, Any]], modality: str, log: Log) -> N
 
 
 def initial_weights(
-    bundle_dir: str | Path, modality: str, spec: dict[str, Any], prep: Preprocessing
+    bundle_dir: str | Path, modality: str, spec: dict[str, Any], prep: Preprocessing, log: Log | None = None
 ) -> dict[str, Any]:
     """The weights of a bundle to fine-tune from (e.g. the shipped model on a user's own data).
 
@@ -234,8 +238,11 @@ def initial_weights(
     saved = bundle.metadata.get("network") or {}
     if (saved.get("class"), saved.get("kwargs")) != (spec.get("class"), spec.get("kwargs")):
         raise ConfigError("init_from: the bundle's network differs from the config's", bundle_dir)
-    if bundle.preprocessing != prep:
+    if replace(bundle.preprocessing, zooms=prep.zooms) != prep:  # zooms only change inference
         raise ConfigError("init_from: the bundle's preprocessing differs from the config's", bundle_dir)
+    if log is not None and bundle.preprocessing.zooms != prep.zooms:
+        theirs = list(bundle.preprocessing.zooms)
+        log(f"init_from: inference zooms {list(prep.zooms)} (the bundle's: {theirs})")
     return {k: v.detach().cpu().clone() for k, v in bundle.network.state_dict().items()}
 
 
@@ -431,7 +438,7 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
     set_determinism(seed=int(cfg["seed"]))  # reproducible initial weights
     net = build_network(spec).to(dev)
     if cfg.get("init_from") and not resume:
-        net.load_state_dict(initial_weights(cfg["init_from"], cfg["modality"], spec, prep))
+        net.load_state_dict(initial_weights(cfg["init_from"], cfg["modality"], spec, prep, log))
         log(f"initial weights from {cfg['init_from']} (fine-tuning)")
     aug = cfg["augment"]
     transforms = train_transforms(prep.modality, aug)
@@ -749,12 +756,26 @@ def fit_detection_calibration(
     return params, report
 
 
+ZOOM_LINE = "- Inference zooms:"
+
+
+def zoom_line(prep: Preprocessing) -> str:
+    """The model card's line on :attr:`Preprocessing.zooms`."""
+    sizes = ", ".join(f"{prep.spacing_mm / z:.3g}" for z in prep.zooms)
+    what = "averaged over the series" if len(prep.zooms) > 1 else "of the series"
+    return (
+        f"{ZOOM_LINE} {', '.join(f'{z:g}' for z in prep.zooms)}: class probabilities {what} "
+        f"resampled to {sizes} mm pixels (one network run per zoom)."
+    )
+
+
 def recalibrate(
     model: str | Path,
     config: dict[str, Any] | str | Path,
     out: str | Path,
     *,
     device: str = "auto",
+    zooms: tuple[float, ...] | None = None,
     log: Log = print,
 ) -> Path:
     """Refit the ``nodule`` / ``defect`` / ``series`` calibration of the bundle ``model`` on the
@@ -762,7 +783,8 @@ def recalibrate(
     ``calibration_max_series`` annotated series, plus the ``calibration_samples`` randomised images of a
     ``type: synthetic`` source) with the bundle's own preprocessing and post-processing thresholds, and
     write the bundle with the new calibration to ``out`` (atomic; the weights are copied unchanged, the
-    card's calibration line is rewritten). Raises :class:`ConfigError` when nothing could be fitted."""
+    card's calibration line is rewritten). ``zooms`` (if given) replaces the bundle's inference zooms
+    (:class:`Preprocessing`) before the fit. Raises :class:`ConfigError` when nothing could be fitted."""
     import torch
 
     from .bundle import CARD, WEIGHTS, load_bundle, save_bundle
@@ -776,11 +798,12 @@ def recalibrate(
     )
     dev = resolve_device(device)
     bundle = load_bundle(model, modality=cfg["modality"], device=dev)
+    prep = bundle.preprocessing if zooms is None else replace(bundle.preprocessing, zooms=tuple(zooms))
     val = cfg["data"]["val"]
     _maybe_generate(val, cfg["modality"], log)
     params, report = fit_detection_calibration(
         bundle.network,
-        bundle.preprocessing,
+        prep,
         val,
         dev,
         log,
@@ -793,15 +816,19 @@ def recalibrate(
     meta["calibration"] = params
     meta.setdefault("metrics", {})["calibration"] = report
     meta["recalibration"] = {"data": val, "max_series": cfg["calibration_max_series"]}
+    meta["network_data_format"]["inputs"]["image"]["preprocessing"] = prep.to_dict()
     state = torch.load(bundle.path / WEIGHTS, map_location="cpu", weights_only=True)
     card = (bundle.path / CARD).read_text() if (bundle.path / CARD).is_file() else f"# {meta['name']}\n"
     line = f"- Calibration (refitted by `backmice calibrate` on {where}): {json.dumps(report)}."
-    lines = card.splitlines()
+    lines = [text for text in card.splitlines() if not text.startswith(ZOOM_LINE)]
     at = [i for i, text in enumerate(lines) if text.startswith("- Calibration")]
     if at:
         lines[at[0]] = line
     else:
         lines += ["", line]
+    if prep.zooms != (1.0,):
+        at = [i + 1 for i, text in enumerate(lines) if text.startswith("- Input:")]
+        lines.insert(at[0] if at else len(lines), zoom_line(prep))
     saved = save_bundle(out, state, meta, "\n".join(lines) + "\n")
     log(f"calibration refitted on {report['series_used']} series; bundle written to {saved}")
     return saved
@@ -822,6 +849,8 @@ def model_card(meta: dict[str, Any]) -> str:
     """The bundle's README.md: what the model is, how it was trained, what it is not for."""
     tr, val = meta["training"], meta["metrics"]["validation"]
     fmt = meta["network_data_format"]["inputs"]["image"]
+    prep = Preprocessing.from_dict(fmt["preprocessing"])
+    zooms = [zoom_line(prep)] if prep.zooms != (1.0,) else []
     net = meta["network"]
     stopped = ", stopped by the time limit" if tr["stopped_by_time_limit"] else ""
     threads = f"{tr['torch_threads']} thread{'' if tr['torch_threads'] == 1 else 's'}"
@@ -840,6 +869,7 @@ def model_card(meta: dict[str, Any]) -> str:
         "  `backmice_vision/model/network.py`.",
         f"- Input: {fmt['num_channels']} channel(s) float32 at {fmt['spacing_mm'][0]} mm pixels, "
         f"{fmt['normalisation']}; padded to a multiple of {fmt['preprocessing']['multiple']}.",
+        *zooms,
         "- Output: softmax over "
         + ", ".join(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())
         + ", mapped back to the source pixel grid (see `backmice_vision/model/inference.py`).",
