@@ -239,7 +239,7 @@ class SeriesRecord:
     lesion_scores_all: list[float | None]  # every ground-truth nodule
     fp_scores: list[float]
     dice: list[float] = field(default_factory=list)
-    defect_pairs: list[tuple[float, bool]] = field(default_factory=list)
+    defect_pairs: list[tuple[int, float, bool]] = field(default_factory=list)  # (lesion, p, present)
     calibration_pairs: list[tuple[float, bool]] = field(default_factory=list)
     series_probability: float = 0.0
     has_target: bool = False
@@ -284,7 +284,7 @@ def evaluate_series(
             hit_pred[group_of[m.truth]] = (p, m.truth)
     instances = split_truth_instances(truth_mask, truth, series) if truth_mask is not None else {}
     dice: list[float] = []
-    defect: list[tuple[float, bool]] = []
+    defect: list[tuple[int, float, bool]] = []
     errors: dict[str, list[float]] = {
         "longest_diameter": [],
         "longest_diameter_rel": [],
@@ -298,7 +298,7 @@ def evaluate_series(
             dice.append(nodule_dice(nodule_full_mask(pred, series.shape), instances[t]))
         gt_defect = tr.get("defect")
         if isinstance(gt_defect, dict) and "present" in gt_defect:
-            defect.append((float(pred.fascia_defect.probability), bool(gt_defect["present"])))
+            defect.append((g, float(pred.fascia_defect.probability), bool(gt_defect["present"])))
         if targets[g]:
             pairs = (
                 ("longest_diameter", pred.longest_diameter_mm, max(tr.get("diameters_mm") or [0.0])),
@@ -534,7 +534,7 @@ def summarise(
             "froc": froc(lesions, fps, n_images),
             "froc_all": froc([s for r in recs for s in r.lesion_scores_all], fps, n_images),
             "dice": _stats([d for r in recs for d in r.dice]),
-            "defect_auc": auc([p for p, _ in defect], [y for _, y in defect]),
+            "defect_auc": auc([p for _, p, _ in defect], [y for _, _, y in defect]),
             "n_defect_pairs": len(defect),
             "series_auc": auc([r.series_probability for r in recs], [r.has_target for r in recs]),
             "measurement_abs_error_mm": {
@@ -770,6 +770,9 @@ def run_evaluation(
                 "n_images": r.n_images,
                 "lesion_scores": r.lesion_scores,  # per target lesion: its finding's confidence, or null
                 "fp_scores": r.fp_scores,
+                # per hit lesion with a known defect: [index among the series ground-truth lesions (a cine
+                # nodule is one), defect probability, defect present]
+                "defect_pairs": [list(d) for d in r.defect_pairs],
             }
             for r in records
         ],

@@ -194,7 +194,7 @@ def test_evaluate_series_and_summarise_on_real_findings(tmp_path):
     assert rec.lesion_scores_all == pytest.approx([0.9, None, None])
     assert rec.fp_scores == pytest.approx([0.6])
     assert rec.dice == pytest.approx([2 * 300 / (450 + 300)])
-    assert rec.defect_pairs == [(pytest.approx(0.8), True)]
+    assert rec.defect_pairs == [(0, pytest.approx(0.8), True)]
     assert rec.calibration_pairs == [(pytest.approx(0.9), True), (pytest.approx(0.6), False)]
     assert rec.has_target
     # prediction longest diameter 15 cols x 0.8 = 12 mm, truth 12 mm
@@ -429,3 +429,33 @@ def test_compare_evaluations_names_a_missing_report_in_one_line(tmp_path):
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == f"compare: {tmp_path / 'a' / 'evaluation.json'}: not valid JSON"
+
+
+def test_compare_evaluations_scores_defects_on_the_lesions_both_models_found(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def report(folder, pairs_by_case):
+        series = [
+            {"case": case, "folder": "dicom/US_single_01", "modality": "US", "n_images": 1,
+             "lesion_scores": [0.9] * 2, "fp_scores": [], "defect_pairs": pairs}
+            for case, pairs in pairs_by_case.items()
+        ]  # fmt: skip
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "evaluation.json").write_text(
+            json.dumps({"modalities": {"US": {}}, "series": series})
+        )
+
+    report("a", {"c0": [[0, 0.9, True], [1, 0.2, False]], "c1": [[0, 0.4, True]]})
+    # b also found c1's lesion 1 (a hard one, scored wrong): not part of the comparison
+    report("b", {"c0": [[0, 0.3, True], [1, 0.5, False]], "c1": [[0, 0.6, True], [1, 0.1, True]]})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_evaluations.py"
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"| {tmp_path / 'a'} | {tmp_path / 'b'} | US | 3 | 1.000 | 0.500 |" in run.stdout.splitlines()
