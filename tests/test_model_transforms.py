@@ -50,3 +50,18 @@ def test_us_pipeline_adds_the_depth_transform_only_when_configured() -> None:
     patches = pipeline(sample)
     assert len(patches) == 2
     assert patches[0]["image"].shape == (1, 64, 64) and patches[0]["image"].dtype == torch.float32
+
+
+def test_zoom_has_its_own_probability() -> None:
+    label = np.zeros((1, 96, 96), dtype=np.uint8)
+    label[0, 36:60, 36:60] = 3  # a nodule square: 576 pixels unzoomed
+    sample = {"image": np.zeros((1, 96, 96), dtype=np.float32), "label": label}
+
+    def nodule_pixels(zoom_prob: float | None) -> set[int]:
+        aug = {"patch": [96, 96], "prob": 0.0, "zoom": [1.5, 1.5], "zoom_prob": zoom_prob, "rotate_deg": 0.0}
+        pipeline = train_transforms("US", aug)
+        pipeline.set_random_state(seed=3)
+        return {int((p["label"] == 3).sum()) for p in pipeline(sample)}
+
+    assert nodule_pixels(None) == {576}  # prob 0 switches every transform off, the zoom too
+    assert nodule_pixels(1.0) == {round(576 * 1.5**2)}  # zoomed 1.5x whatever prob says

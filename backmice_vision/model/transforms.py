@@ -32,6 +32,7 @@ DEFAULT_AUG: dict[str, Any] = {
     "rotate_deg": 10.0,
     "zoom": [0.85, 1.15],
     "prob": 0.3,  # probability of each geometric and intensity transform
+    "zoom_prob": None,  # probability of the zoom alone (None: prob)
     "scale": 0.2,  # gain: intensity x (1 +- scale)
     "shift": 0.1,  # offset +- shift
     "gamma": [0.7, 1.5],  # dynamic range
@@ -103,7 +104,7 @@ def train_transforms(modality: str, aug: dict[str, Any] | None = None) -> Any:
             keys=["image", "label"],
             min_zoom=float(a["zoom"][0]),
             max_zoom=float(a["zoom"][1]),
-            prob=p,
+            prob=p if a["zoom_prob"] is None else float(a["zoom_prob"]),
             mode=["bilinear", "nearest"],
             padding_mode="constant",
             keep_size=True,
