@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
 EVAL_DIR := build/eval
 
-.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large compare wheel-check
+.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm compare wheel-check
 
 venv: $(STAMP)
 
@@ -70,6 +70,17 @@ $(EVAL3)/%/.done: | $(STAMP)
 	touch $@
 
 evaluate-sets-large: $(EVAL3)/us_shifted/.done $(EVAL3)/us_stress/.done $(EVAL3)/mr_shifted/.done $(EVAL3)/mr_stress/.done
+
+# A third US block (40 cases per set, seeds never used before), generated after US 0.4.0's two inference
+# zooms were chosen from misses of the first two blocks: the confirmation of that choice.
+EVAL4 := build/eval4
+$(EVAL4)/%/.done: | $(STAMP)
+	rm -rf $(@D)
+	$(PY) -m backmice_vision phantom --modality us --cases 40 --seed $(if $(filter us_shifted,$*),9131,9333) \
+		--config configs/phantom_$*.yaml --out $(@D) --quiet
+	touch $@
+
+evaluate-sets-confirm: $(EVAL4)/us_shifted/.done $(EVAL4)/us_stress/.done
 
 compare: evaluate-sets
 	bash scripts/evaluate_candidates.sh
