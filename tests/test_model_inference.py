@@ -114,7 +114,7 @@ def test_zooms_round_trip_and_bad_zooms_are_refused() -> None:
     old = {k: v for k, v in DEFAULT_US.to_dict().items() if k != "zooms"}  # bundles before zooms existed
     assert Preprocessing.from_dict(old).zooms == (1.0,)
     for bad in ([], [1.0, 0.0], [5.0]):
-        with pytest.raises(ModelError, match=r"zooms must be 1 to n numbers in 0\.25\.\.4"):
+        with pytest.raises(ModelError, match=r"zooms must be one or more numbers in 0\.25\.\.4"):
             Preprocessing.from_dict({**old, "zooms": bad})
 
 

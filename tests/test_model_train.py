@@ -340,7 +340,7 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_a_mismatched_one(data: Pat
     assert "init_from: inference zooms [1.0, 1.5] (the bundle's: [1.0])" in lines
     assert with_zooms.preprocessing == replace(load_bundle(first).preprocessing, zooms=(1.0, 1.5))
     assert "- Inference zooms: 1, 1.5: class probabilities averaged" in (with_zooms.path / CARD).read_text()
-    with pytest.raises(ConfigError, match=r"config: preprocessing zooms must be 1 to n numbers"):
+    with pytest.raises(ConfigError, match=r"config: preprocessing zooms must be one or more numbers"):
         train(config(data, tmp_path / "f", preprocessing={"zooms": [9.0]}), device="cpu", log=quiet)
     finer = config(data, tmp_path / "f", init_from=str(first), preprocessing={"spacing_mm": 0.5})
     with pytest.raises(ConfigError, match="preprocessing differs"):

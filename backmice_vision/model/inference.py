@@ -66,7 +66,8 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if not self.zooms or not all(0.25 <= z <= 4.0 for z in self.zooms):
-            raise ModelError(f"preprocessing zooms must be 1 to n numbers in 0.25..4, not {list(self.zooms)}")
+            given = list(self.zooms)
+            raise ModelError(f"preprocessing zooms must be one or more numbers in 0.25..4, not {given}")
 
     @property
     def in_channels(self) -> int:
