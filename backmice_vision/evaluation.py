@@ -4,7 +4,7 @@
 (schema ``backmice.phantom/1``, see ``docs/architecture.md``), ``dicom/<series-folder>/`` and
 ``seg/<series-folder>.dcm``. Per series the detector's nodules are matched to the series' ground-truth
 nodules with :func:`backmice_vision.findings.match_nodules` (centre within half the longest diameter,
-at least 5 mm).
+at least 5 mm; an MR nodule centred outside the slab is localised at the nearest voxel centre inside).
 
 Definitions (per modality):
 

@@ -883,13 +883,16 @@ def _pred_position(pred: Nodule, frame: int) -> np.ndarray | None:
 def _distance_mm(pred: Nodule, truth: dict[str, Any], series: ImageSeries) -> float | None:
     tv = np.asarray(truth["center_voxel"], dtype=np.float64)
     if profile_for(series.modality).is_volume:
+        # a nodule centred outside the series (cut by the slab or the field of view) shows only its part
+        # inside: it is localised at the nearest voxel centre of the grid
+        near = np.clip(tv, 0.0, np.asarray(series.shape, dtype=np.float64) - 1.0)
         tp = truth.get("center_patient_mm")
-        if pred.center_patient_mm is not None and tp is not None:
+        if np.array_equal(near, tv) and pred.center_patient_mm is not None and tp is not None:
             return float(
                 np.linalg.norm(np.asarray(pred.center_patient_mm) - np.asarray(tp, dtype=np.float64))
             )
         lin = _linear(series)
-        return None if lin is None else float(np.linalg.norm(lin @ (np.asarray(pred.center_voxel) - tv)))
+        return None if lin is None else float(np.linalg.norm(lin @ (np.asarray(pred.center_voxel) - near)))
     ri = truth.get("region_index")
     if ri is not None and pred.region_index is not None and ri != pred.region_index:
         return None
@@ -907,7 +910,8 @@ def match_nodules(pred: list[Nodule], truth: list[dict[str, Any]], series: Image
     """Match predicted nodules to ground-truth nodules (dicts of ``ground_truth.json``'s series entries).
 
     A prediction hits a truth nodule when its centre lies within :func:`match_radius_mm` of the truth
-    centre, in mm: MR in patient mm (``center_patient_mm``; voxel offsets through the affine otherwise),
+    centre, in mm: MR in patient mm (``center_patient_mm``; voxel offsets through the affine otherwise; a
+    truth centre outside the grid, a nodule cut by the slab, is moved to the nearest voxel centre inside),
     ultrasound in the region's row/col mm on the truth nodule's frame (a cine prediction is placed at its
     mask centroid on that frame). Predictions are taken by decreasing confidence, each to the nearest
     undetected truth nodule in reach; a prediction whose reachable truth nodules are all detected already is

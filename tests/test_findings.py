@@ -343,6 +343,31 @@ def test_match_nodules_mr_radius_duplicates_and_misses():
     assert any(m.pred == 1 and m.truth == 0 and m.duplicate for m in matches)
 
 
+def test_match_nodules_mr_nodule_cut_by_the_slab_is_hit_on_its_visible_part():
+    series, p = _mr_case(FLIPPED)  # 4 mm slices
+    p[NODULE] = 0.0
+    p[FAT] = 1.0 - p[BACKGROUND] - p[FASCIA] - p[DEFECT]
+    _put(p, NODULE, (slice(10, 12), slice(30, 40), slice(20, 35)), 0.9)  # the last two slices
+    (n,) = extract_nodules(series, p, thresholds=THR)[0]
+    assert n.center_voxel[0] == pytest.approx(10.5)
+    # truth centre 3.5 slices (14 mm) beyond the slab, radius 10 mm: its visible part is the last slice
+    centre = [14.0, n.center_voxel[1], n.center_voxel[2]]
+    lin = FLIPPED[:3, :3]
+    truth = [
+        {
+            "center_voxel": centre,
+            "center_patient_mm": (lin @ centre + FLIPPED[:3, 3]).tolist(),
+            "diameters_mm": [20.0, 12.0, 12.0],
+        }
+    ]
+    (m,) = match_nodules([n], truth, series)
+    assert m.pred == 0 and m.truth == 0 and m.distance_mm == pytest.approx(0.5 * 4.0)
+    # inside the slab the truth centre is used as it is: 3.5 slices off is out of reach
+    truth[0]["center_voxel"] = [7.0, *centre[1:]]
+    truth[0]["center_patient_mm"] = (lin @ truth[0]["center_voxel"] + FLIPPED[:3, 3]).tolist()
+    assert [(m.pred, m.truth) for m in match_nodules([n], truth, series)] == [(0, None), (None, 0)]
+
+
 def test_match_nodules_us_uses_region_millimetres():
     series, p = _us_case(REGION)
     nodules, _ = extract_nodules(series, p, thresholds=THR)
