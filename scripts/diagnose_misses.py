@@ -1,6 +1,6 @@
 """Why does a model miss the nodules it misses? One line per missed target lesion of a phantom set.
 
-``python scripts/diagnose_misses.py MODEL_DIR build/eval2/us_stress [more case folders...]``
+``python scripts/diagnose_misses.py [--false-positives] MODEL_DIR build/eval2/us_stress [more folders...]``
 
 For every target lesion that the model's own thresholds (``configs/inference.yaml`` and the bundle's
 ``postprocessing``; every confidence) leave without a finding: its longest diameter and depth (ground
@@ -9,6 +9,11 @@ whether it is cut by the image border, the subject's habitus and fat thickness, 
 pixels the network gives each class (background is muscle and everything else that is
 not fat, fascia, nodule or defect), and which relaxed threshold sets would have found it. A cine lesion
 is one line (its frames form one lesion, as in :mod:`backmice_vision.evaluation`).
+
+``--false-positives`` (first argument) lists instead every finding at the operating point (the confidence
+threshold of ``configs/inference.yaml``) that hits no ground-truth nodule: its confidence, longest
+diameter, depth and fascia depth (mm), the subject's habitus and fat thickness, and whether the series
+shows a nodule elsewhere.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from backmice_vision.evaluation import (
     read_truth_mask,
     split_truth_instances,
 )
-from backmice_vision.findings import extract_nodules, match_nodules
+from backmice_vision.findings import extract_nodules, load_thresholds, match_nodules
 from backmice_vision.io import load_series
 from backmice_vision.labels import MODEL_CLASSES, NODULE
 from backmice_vision.pipeline import DetectorSpec, get_detector
@@ -53,18 +58,44 @@ def _found(series, probs, bundle, thresholds, truth) -> set[int]:
     }
 
 
-def main(model: str, data_dirs: list[Path]) -> None:
+def _mm(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _false_positives(where, case, series, probs, bundle, thresholds, truth, min_confidence) -> None:
+    nodules, _ = extract_nodules(series, probs, calibration=bundle.calibration, thresholds=thresholds)
+    for m in match_nodules(nodules, truth, series):
+        if m.pred is None or m.truth is not None or m.duplicate:
+            continue
+        n = nodules[m.pred]
+        if n.confidence < min_confidence:
+            continue
+        print(
+            f"{where} false positive: confidence {n.confidence:.2f}, {_mm(n.longest_diameter_mm)} mm, "
+            f"depth {_mm(n.depth_mm)} mm, fascia {_mm(n.fascia_depth_mm)} mm ({case.get('habitus', '?')}, "
+            f"{case.get('total_fat_mm') or 0.0:.0f} mm of fat); "
+            + ("the series shows a nodule elsewhere" if truth else "the series shows no nodule")
+        )
+
+
+def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> None:
     detector = get_detector(DetectorSpec.of(model, "cpu", thresholds={"confidence_threshold": 0.0}))
+    min_confidence = load_thresholds()["confidence_threshold"]
     for gt_path in find_cases(data_dirs):
         case = read_ground_truth(gt_path)
         for entry in case["series"]:
             truth = list(entry.get("nodules", []))
-            if not any(is_target(t) for t in truth) or not entry.get("seg"):
+            if not false_positives and (not any(is_target(t) for t in truth) or not entry.get("seg")):
                 continue
             where = f"{gt_path.parent.name}/{entry['folder']}"
             try:
                 series = load_series(gt_path.parent / entry["folder"])
                 probs = detector.probabilities(series)
+                if false_positives:
+                    bundle = detector.bundle_for(series.modality)
+                    base = detector.thresholds_for(series.modality)
+                    _false_positives(where, case, series, probs, bundle, base, truth, min_confidence)
+                    continue
                 instances = split_truth_instances(
                     read_truth_mask(gt_path.parent / entry["seg"], series), truth, series
                 )
@@ -108,6 +139,9 @@ def main(model: str, data_dirs: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    fps = bool(args) and args[0] == "--false-positives"
+    args = args[1:] if fps else args
+    if len(args) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1], [Path(a) for a in sys.argv[2:]])
+    main(args[0], [Path(a) for a in args[1:]], false_positives=fps)
