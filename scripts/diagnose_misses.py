@@ -65,7 +65,7 @@ def _mm(v: float | None) -> str:
 def _false_positives(where, case, series, probs, bundle, thresholds, truth, min_confidence) -> None:
     nodules, _ = extract_nodules(series, probs, calibration=bundle.calibration, thresholds=thresholds)
     for m in match_nodules(nodules, truth, series):
-        if m.pred is None or m.truth is not None or m.duplicate:
+        if m.pred is None or m.truth is not None:  # a duplicate has a truth
             continue
         n = nodules[m.pred]
         if n.confidence < min_confidence:
@@ -91,9 +91,9 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
             try:
                 series = load_series(gt_path.parent / entry["folder"])
                 probs = detector.probabilities(series)
+                bundle = detector.bundle_for(series.modality)
+                base = detector.thresholds_for(series.modality)
                 if false_positives:
-                    bundle = detector.bundle_for(series.modality)
-                    base = detector.thresholds_for(series.modality)
                     _false_positives(where, case, series, probs, bundle, base, truth, min_confidence)
                     continue
                 instances = split_truth_instances(
@@ -102,8 +102,6 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
             except BackmiceError as exc:
                 print(f"{where}: skipped ({exc.reason})")
                 continue
-            bundle = detector.bundle_for(series.modality)
-            base = detector.thresholds_for(series.modality)
             found = _found(series, probs, bundle, base, truth)
             relaxed = {
                 name: _found(series, probs, bundle, base.replace(o), truth) for name, o in RELAXED.items()
