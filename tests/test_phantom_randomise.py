@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from model_factory import SEGMENT_MAP, TINY_NET, write_mr_with_seg
+from scipy import ndimage
 
 from backmice_vision.errors import ConfigError
 from backmice_vision.labels import FAT, Tissue, tissue_to_class_lut
@@ -56,6 +57,50 @@ def test_randomised_us_images_vary_around_a_fixed_anatomy(subject) -> None:
     assert np.std([img.mean() for img in images]) > 0.03  # gain / dynamic range vary
     assert not np.array_equal(images[0], images[1])
     assert np.array_equal(images[5], R.randomise_us(lab, np.random.default_rng(5), 0.4))
+
+
+def test_every_randomised_nodule_keeps_a_cue_against_the_fat() -> None:
+    # an iso-echoic nodule without a capsule would be fat on the image with a nodule label
+    capsule_cue = contrast_cue = 0
+    for seed in range(3000):
+        db = R._us_levels(np.random.default_rng(seed))
+        capsule = db[Tissue.NODULE_CAPSULE] - db[Tissue.NODULE] >= 5.0
+        contrast = abs(db[Tissue.NODULE] - db[Tissue.DEEP_FAT]) >= 4.0
+        assert capsule or contrast, seed
+        capsule_cue += bool(capsule)
+        contrast_cue += bool(contrast and not capsule)
+    assert 0.8 < capsule_cue / 3000 < 0.9 and contrast_cue > 300  # the capsule is the usual cue
+
+
+def test_fat_mimics_are_partial_rings_in_fat_away_from_nodules() -> None:
+    lab = np.full((200, 200), Tissue.DEEP_FAT, np.uint8)
+    lab[150:] = Tissue.MUSCLE
+    yy, xx = np.mgrid[:200, :200]
+    lab[(yy - 60) ** 2 / 15**2 + (xx - 100) ** 2 / 30**2 < 1] = Tissue.NODULE
+    near_nodule = ndimage.distance_transform_edt(lab != Tissue.NODULE) <= 7.0  # within 2.8 mm
+    rims = []
+    for seed in range(20):
+        extra_db = R._fat_mimics(lab, np.random.default_rng(seed), 0.4)
+        assert extra_db.dtype == np.float32 and extra_db.shape == lab.shape
+        assert not extra_db[lab != Tissue.DEEP_FAT].any() and not extra_db[near_nodule].any()
+        rims.append(extra_db >= 4.0)
+    assert all(r.any() for r in rims)
+    # the bright arcs of a lobule never close into the ring of a capsule: nothing they enclose
+    for bright in rims:
+        assert not (ndimage.binary_fill_holes(bright) & ~bright).any()
+
+
+def test_randomised_us_hard_negatives_only_where_asked(subject) -> None:
+    lab = R.us_label_map(subject, np.random.default_rng(2), 0.4, p_on_nodule=1.0)
+    plain = R.randomise_us(lab, np.random.default_rng(7), 0.4)
+    assert np.array_equal(plain, R.randomise_us(lab, np.random.default_rng(7), 0.4, fat_mimic_prob=0.0))
+    assert not np.array_equal(plain, R.randomise_us(lab, np.random.default_rng(7), 0.4, fat_mimic_prob=1.0))
+    entry = {"type": "synthetic", "subjects": 2, "pool": 3, "seed": 1, "fat_mimic_prob": 0.5}
+    assert SyntheticSource.from_config(entry, US_PREP).fat_mimic_prob == 0.5
+    with pytest.raises(ConfigError, match="ultrasound only"):
+        SyntheticSource.from_config(entry, DEFAULT_MR)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        SyntheticSource.from_config({**entry, "fat_mimic_prob": 2}, US_PREP)
 
 
 def test_reverberation_repeats_the_near_field_below_the_reflector() -> None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 _CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
 SYNTHETIC_KEYS = frozenset(
     {"type", "share", "subjects", "pool", "seed", "anatomy", "samples", "calibration_samples"}
+    | {"fat_mimic_prob"}
 )
 
 
@@ -49,7 +50,9 @@ class SyntheticSource:
     """Domain-randomised samples of one modality at the model spacing of ``prep``.
 
     Label map ``p`` of the pool comes from subject ``p % subjects`` with a generator seeded by
-    ``(seed, p)``; it is built on first use and kept (a few tens of kB each).
+    ``(seed, p)``; it is built on first use and kept (a few tens of kB each). ``fat_mimic_prob``: the
+    share of ultrasound images given fat lobules outlined by partial septa (hard negatives, see
+    :func:`~backmice_vision.phantoms.randomise.randomise_us`).
     """
 
     prep: Preprocessing
@@ -57,6 +60,7 @@ class SyntheticSource:
     pool: int = 3000
     seed: int = 0
     anatomy: dict[str, Any] = field(default_factory=dict)
+    fat_mimic_prob: float = 0.0
     _maps: dict[int, np.ndarray | MRLabelStack] = field(default_factory=dict, repr=False)
     _subjects: dict[int, Any] = field(default_factory=dict, repr=False)
 
@@ -72,9 +76,16 @@ class SyntheticSource:
                 pool=int(entry.get("pool", 3000)),
                 seed=int(entry.get("seed", 0)),
                 anatomy=dict(entry.get("anatomy") or {}),
+                fat_mimic_prob=float(entry.get("fat_mimic_prob", 0.0)),
             )
         except (TypeError, ValueError):
-            raise ConfigError("synthetic source: subjects, pool and seed must be integers") from None
+            raise ConfigError(
+                "synthetic source: subjects, pool and seed must be integers, fat_mimic_prob a number"
+            ) from None
+        if not 0.0 <= src.fat_mimic_prob <= 1.0:
+            raise ConfigError("synthetic source: fat_mimic_prob must be between 0 and 1")
+        if src.fat_mimic_prob and prep.modality != "US":
+            raise ConfigError("synthetic source: fat_mimic_prob is for ultrasound only")
         if src.subjects < 1 or src.pool < 1:
             raise ConfigError("synthetic source: subjects and pool must be >= 1")
         for key in ("samples", "calibration_samples"):
@@ -132,7 +143,8 @@ class SyntheticSource:
         for k in range(n):
             labels = self.label_map(int(rng.integers(self.pool)))
             assert isinstance(labels, np.ndarray)  # an ultrasound map
-            image = np.ascontiguousarray(randomise.randomise_us(labels, rng, sp)[None], np.float32)
+            image = randomise.randomise_us(labels, rng, sp, self.fat_mimic_prob)[None]
+            image = np.ascontiguousarray(image, np.float32)
             rows, cols = labels.shape
             region = UltrasoundRegion(0, (0, 0, rows, cols), (sp, sp))
             frames = [FrameSource(f"synthetic:{self.seed}:{k}", "", 1)]
@@ -144,7 +156,7 @@ class SyntheticSource:
 
         labels = self.label_map(int(rng.integers(self.pool)))
         if isinstance(labels, np.ndarray):  # ultrasound
-            image = randomise.randomise_us(labels, rng, self.prep.spacing_mm)[None]
+            image = randomise.randomise_us(labels, rng, self.prep.spacing_mm, self.fat_mimic_prob)[None]
             centre = labels
         else:
             image, shown = randomise.randomise_mr(labels, rng, self.prep.spacing_mm)

@@ -232,11 +232,19 @@ def _us_levels(rng: np.random.Generator) -> np.ndarray:
     db[T.VISCERA] = _u(rng, -12.0, 6.0)
     db[T.CSF] = _u(rng, -45.0, -20.0)
     # the back mouse: usually within a few dB of the fat it came from (its shape, capsule and stalk are
-    # the cues), sometimes clearly hypo- or hyperechoic (oedema, fibrosis)
+    # the cues), sometimes clearly hypo- or hyperechoic (oedema, fibrosis). A nodule always keeps one
+    # cue: without an echogenic capsule it differs from the fat by 4 dB or more (an iso-echoic nodule
+    # without a capsule is fat on the image, and a label there would teach the network to flag fat).
     nodule = fat_deep + (_u(rng, -2.5, 3.0) if rng.random() < 0.7 else _u(rng, -10.0, 8.0))
+    if rng.random() < 0.85:
+        capsule = nodule + _u(rng, 5.0, 15.0)
+    else:
+        if abs(nodule - fat_deep) < 4.0:
+            nodule = fat_deep + (_u(rng, -10.0, -4.0) if rng.random() < 0.5 else _u(rng, 4.0, 8.0))
+        capsule = nodule + _u(rng, -2.0, 3.0)
     db[T.NODULE] = nodule
     db[T.STALK] = nodule + _u(rng, -2.0, 2.0)
-    db[T.NODULE_CAPSULE] = nodule + (_u(rng, 3.0, 15.0) if rng.random() < 0.85 else _u(rng, -2.0, 3.0))
+    db[T.NODULE_CAPSULE] = capsule
     for t in range(19, 256):  # labels of finer anatomy (if any): muscle- or bone-like
         db[t] = db[T.MUSCLE]
     return db
@@ -258,10 +266,46 @@ def _us_alpha(rng: np.random.Generator) -> np.ndarray:
     return a
 
 
-def randomise_us(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
+def _fat_mimics(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
+    """Echo in dB float32 ``(rows, cols)`` of 1-3 fat lobules outlined by partial septa: ovals of
+    5-30 mm long axis roughly parallel to the skin, in the fat away from any nodule, each with one or
+    two bright arcs covering 25-60 % of its outline (a lobule's septa, never the closed ring of a
+    capsule) and an interior within 1.5 dB of the fat. Zero elsewhere."""
+    rows, cols = labels.shape
+    out = np.zeros(labels.shape, np.float32)
+    fat = np.isin(labels, _FAT)
+    away = fat & (ndimage.distance_transform_edt(~np.isin(labels, NODULE_TISSUES)) * spacing_mm > 3.0)
+    where = np.flatnonzero(away)
+    if where.size == 0:
+        return out
+    ii, jj = np.meshgrid(np.arange(rows, dtype=np.float32), np.arange(cols, dtype=np.float32), indexing="ij")
+    for _ in range(int(rng.integers(1, 4))):
+        ci, cj = np.unravel_index(int(where[rng.integers(where.size)]), labels.shape)
+        a = _u(rng, 2.5, 15.0) / spacing_mm
+        b = a / _u(rng, 1.3, 3.0)
+        tilt = math.radians(_u(rng, -15.0, 15.0))
+        u = (jj - cj) * math.cos(tilt) + (ii - ci) * math.sin(tilt)
+        v = -(jj - cj) * math.sin(tilt) + (ii - ci) * math.cos(tilt)
+        r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+        theta = np.arctan2(v / b, u / a)
+        arcs = np.zeros(labels.shape, bool)
+        n_arcs = int(rng.integers(1, 3))
+        for length in rng.dirichlet(np.ones(n_arcs)) * _u(rng, 0.25, 0.6) * 2 * np.pi:
+            start = _u(rng, -np.pi, np.pi)
+            arcs |= np.mod(theta - start, 2 * np.pi) < length
+        band = np.abs(r - 1.0) * b < max(0.5, _u(rng, 0.2, 0.5) / spacing_mm)
+        out += np.where(band & arcs & away, _u(rng, 4.0, 12.0), 0.0).astype(np.float32)
+        out += np.where((r < 1.0) & away, _u(rng, -1.5, 1.5), 0.0).astype(np.float32)
+    return out
+
+
+def randomise_us(
+    labels: np.ndarray, rng: np.random.Generator, spacing_mm: float, fat_mimic_prob: float = 0.0
+) -> np.ndarray:
     """A random B-mode-like image float32 ``(rows, cols)`` in [0, 1] for Tissue ``labels``.
 
-    Per-tissue backscatter, fat septa and muscle striations of random size and direction, Rayleigh
+    Per-tissue backscatter, fat septa and muscle striations of random size and direction, (with
+    probability ``fat_mimic_prob``) fat lobules outlined by partial septa as hard negatives, Rayleigh
     speckle through a random anisotropic PSF, frequency-dependent attenuation, (randomly) reverberation
     of the near field below the fascia and near-field clutter as in :func:`.ultrasound.simulate_bmode`,
     a partial, gain-limited TGC, electronic noise, random dynamic range and gain, then (randomly) gamma, a
@@ -276,6 +320,8 @@ def randomise_us(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float
     if fat.any() and rng.random() < 0.85:
         sep = _septa(rng, labels.shape, _u(rng, 3.0, 10.0) / s, _u(rng, 0.08, 0.4) / s)
         db += np.where(fat, _u(rng, 3.0, 12.0) * sep, 0.0).astype(np.float32)
+    if fat_mimic_prob > 0.0 and rng.random() < fat_mimic_prob:
+        db += _fat_mimics(labels, rng, s)
     muscle = labels == T.MUSCLE
     if muscle.any() and rng.random() < 0.85:
         angle = math.radians(_u(rng, -30.0, 30.0))
