@@ -152,6 +152,19 @@ def test_mr_label_stack_and_randomised_contrast(subject) -> None:
     assert max(fat_signal) - min(fat_signal) > 0.3  # fat bright (T1-like) in some draws, dark in others
 
 
+def test_randomised_mr_nodules_keep_a_cue_unless_hidden() -> None:
+    no_cue = hidden = 0
+    for seed in range(3000):
+        lut, is_hidden = R._mr_levels(np.random.default_rng(seed))
+        fat = lut[Tissue.DEEP_FAT]
+        capsule, nodule = abs(lut[Tissue.NODULE_CAPSULE] - fat), abs(lut[Tissue.NODULE] - fat)
+        hidden += is_hidden
+        if not is_hidden and capsule < 0.3 * max(fat, 1e-3) and nodule < 0.15 * max(fat, 0.3):
+            no_cue += 1  # only a STIR-like draw of an oedematous nodule close to suppressed fat
+    assert 250 < hidden < 500  # fat-signal nodules on STIR-like draws, relabelled as fat
+    assert no_cue < 30  # one draw in ten before the uniform draws kept a cue
+
+
 def test_randomised_mr_has_the_partial_volume_of_a_thick_slice(subject) -> None:
     rng = np.random.default_rng(0)
     stacks = [R.mr_label_stack(subject, rng, 0.6, fov_mm=(150, 200), p_on_nodule=1.0) for _ in range(4)]

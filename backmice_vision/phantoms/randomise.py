@@ -393,7 +393,9 @@ _MR_TISSUES = tuple(int(t) for t in T)
 
 def _mr_levels(rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """Signal per tissue: half the time near a real contrast (T1, T2, STIR tables of :mod:`.mr`),
-    otherwise uniform random per tissue (SynthSeg). Back mice keep the signal of fat mostly.
+    otherwise uniform random per tissue (SynthSeg). Back mice keep the signal of fat mostly; on the
+    uniform draws a nodule keeps a cue as on the real contrasts (a capsule 0.3 or more from the fat, or
+    a nodule 0.15 or more from it), so no nodule is fat with a nodule label.
 
     Also returns whether the nodules are invisible: fat-signal nodules on a fat-suppressed contrast
     vanish with the fat (their capsule is within the noise of suppressed fat), as :mod:`.mr` labels them.
@@ -418,6 +420,9 @@ def _mr_levels(rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     fat_like = bool(rng.random() < 0.75)
     nod = fat * _u(rng, 0.9, 1.1) if fat_like else _u(rng, 0.0, 1.2)
     lut[T.NODULE] = lut[T.STALK] = nod
+    if not contrast and abs(lut[T.NODULE_CAPSULE] - fat) < 0.3 and abs(nod - fat) < 0.15:
+        darker = fat >= 0.3 and (fat > 0.7 or rng.random() < 0.5)
+        lut[T.NODULE_CAPSULE] = fat - _u(rng, 0.3, fat) if darker else fat + _u(rng, 0.3, 1.3 - fat)
     for t in range(len(_MR_TISSUES), 256):
         lut[t] = lut[T.MUSCLE]
     return lut, fat_like and contrast in FAT_SUPPRESSED
