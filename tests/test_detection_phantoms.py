@@ -103,11 +103,6 @@ def _ids(pairs: list[tuple[str, str]]) -> list[str]:
 # sensitivity and Dice are below target), keyed by check and case name or "name-kind". strict: a model
 # that meets one turns its XPASS into a failure, so this list shrinks as the model improves.
 KNOWN_MODEL_MISSES = {
-    # US 0.4.0 (0.4 and 0.32 mm per model pixel) segments this flat nodule (15-18 x 6-7 mm) too thick, so its
-    # top edge, the depth, lies 2.3-2.7 mm too shallow; on the cine it also measures 21 of 18 mm (the two
-    # views of the dual export, 12 and 15 of 18 mm with 0.3.0, are now within 15 %)
-    ("measurements", "us-us_single"): "depth 11.3 mm vs truth 14.0 mm (-19 %)",
-    ("measurements", "us-us_cine"): "longest diameter 20.8 vs 18.0 mm (+16 %), depth 11.2 vs 13.5 mm (-17 %)",
     # MR 0.3.0 (0.6 mm per model pixel) draws the right-side nodule too large
     ("measurements", "mr_right-mr_axial"): "longest diameter 23.96 vs truth 18.75 mm (+28 %)",
     ("negative", "mr_negative"): "1 finding (confidence 0.31) on a nodule-free MR",
