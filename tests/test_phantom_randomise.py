@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,44 @@ def test_randomised_us_hard_negatives_only_where_asked(subject) -> None:
         SyntheticSource.from_config(entry, DEFAULT_MR)
     with pytest.raises(ConfigError, match="between 0 and 1"):
         SyntheticSource.from_config({**entry, "fat_mimic_prob": 2}, US_PREP)
+
+
+def test_fascia_dims_off_perpendicular_and_drops_out_only_on_the_fascia() -> None:
+    # a flat fascia on the left, one 20 degrees off perpendicular to the beam (the rows) on the right
+    lab = np.full((120, 240), Tissue.DEEP_FAT, np.uint8)
+    lab[80:] = Tissue.MUSCLE
+    cols = np.arange(240)
+    top = np.where(cols < 120, 60.0, 60.0 + (cols - 120) * math.tan(math.radians(20.0)))
+    rows = np.arange(120)[:, None]
+    lab[(rows >= top[None, :]) & (rows < top[None, :] + 4)] = Tissue.TLF
+    flat = np.zeros(240, bool)
+    flat[20:100] = True
+    flat_db, oblique_db, dropouts = [], [], 0
+    for seed in range(30):
+        dim = R._fascia_dimming(lab, np.random.default_rng(seed), 0.4)
+        assert dim.dtype == np.float32 and dim.shape == lab.shape
+        assert not dim[lab != Tissue.TLF].any() and dim.min() >= 0.0
+        tlf = lab == Tissue.TLF
+        flat_db.append(dim[tlf & flat[None, :]].mean())
+        oblique_db.append(dim[tlf & (cols >= 140)[None, :]].mean())
+        per_col = np.where(tlf, dim, 0).max(axis=0)[flat]
+        dropouts += bool(per_col.max() - np.median(per_col) >= 4.0)
+    assert np.mean(oblique_db) > np.mean(flat_db) + 3.0  # the specular echo fades with the angle
+    assert 5 <= dropouts <= 25  # a flat fascia sometimes loses its echo over a few millimetres
+
+
+def test_randomised_fascia_dimming_only_where_asked(subject) -> None:
+    lab = R.us_label_map(subject, np.random.default_rng(2), 0.4, p_on_nodule=1.0)
+    plain = R.randomise_us(lab, np.random.default_rng(7), 0.4)
+    assert np.array_equal(plain, R.randomise_us(lab, np.random.default_rng(7), 0.4, fascia_dimming_prob=0.0))
+    dimmed = R.randomise_us(lab, np.random.default_rng(7), 0.4, fascia_dimming_prob=1.0)
+    assert not np.array_equal(plain, dimmed)
+    entry = {"type": "synthetic", "subjects": 2, "pool": 3, "seed": 1, "fascia_dimming_prob": 0.5}
+    assert SyntheticSource.from_config(entry, US_PREP).fascia_dimming_prob == 0.5
+    with pytest.raises(ConfigError, match="fascia_dimming_prob is for ultrasound only"):
+        SyntheticSource.from_config(entry, DEFAULT_MR)
+    with pytest.raises(ConfigError, match="fascia_dimming_prob must be between 0 and 1"):
+        SyntheticSource.from_config({**entry, "fascia_dimming_prob": -0.1}, US_PREP)
 
 
 def test_reverberation_repeats_the_near_field_below_the_reflector() -> None:

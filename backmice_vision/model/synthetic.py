@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
 SYNTHETIC_KEYS = frozenset(
     {"type", "share", "subjects", "pool", "seed", "anatomy", "samples", "calibration_samples"}
-    | {"fat_mimic_prob"}
+    | {"fat_mimic_prob", "fascia_dimming_prob"}
 )
 
 
@@ -52,7 +52,8 @@ class SyntheticSource:
     Label map ``p`` of the pool comes from subject ``p % subjects`` with a generator seeded by
     ``(seed, p)``; it is built on first use and kept (a few tens of kB each). ``fat_mimic_prob``: the
     share of ultrasound images given fat lobules outlined by partial septa (hard negatives, see
-    :func:`~backmice_vision.phantoms.randomise.randomise_us`).
+    :func:`~backmice_vision.phantoms.randomise.randomise_us`); ``fascia_dimming_prob`` the share given
+    the fascia's specular dimming and dropouts (hard negatives for a fascia gap).
     """
 
     prep: Preprocessing
@@ -61,6 +62,7 @@ class SyntheticSource:
     seed: int = 0
     anatomy: dict[str, Any] = field(default_factory=dict)
     fat_mimic_prob: float = 0.0
+    fascia_dimming_prob: float = 0.0
     _maps: dict[int, np.ndarray | MRLabelStack] = field(default_factory=dict, repr=False)
     _subjects: dict[int, Any] = field(default_factory=dict, repr=False)
 
@@ -77,15 +79,21 @@ class SyntheticSource:
                 seed=int(entry.get("seed", 0)),
                 anatomy=dict(entry.get("anatomy") or {}),
                 fat_mimic_prob=float(entry.get("fat_mimic_prob", 0.0)),
+                fascia_dimming_prob=float(entry.get("fascia_dimming_prob", 0.0)),
             )
         except (TypeError, ValueError):
             raise ConfigError(
-                "synthetic source: subjects, pool and seed must be integers, fat_mimic_prob a number"
+                "synthetic source: subjects, pool and seed must be integers, fat_mimic_prob and "
+                "fascia_dimming_prob numbers"
             ) from None
-        if not 0.0 <= src.fat_mimic_prob <= 1.0:
-            raise ConfigError("synthetic source: fat_mimic_prob must be between 0 and 1")
-        if src.fat_mimic_prob and prep.modality != "US":
-            raise ConfigError("synthetic source: fat_mimic_prob is for ultrasound only")
+        for key, prob in (
+            ("fat_mimic_prob", src.fat_mimic_prob),
+            ("fascia_dimming_prob", src.fascia_dimming_prob),
+        ):
+            if not 0.0 <= prob <= 1.0:
+                raise ConfigError(f"synthetic source: {key} must be between 0 and 1")
+            if prob and prep.modality != "US":
+                raise ConfigError(f"synthetic source: {key} is for ultrasound only")
         if src.subjects < 1 or src.pool < 1:
             raise ConfigError("synthetic source: subjects and pool must be >= 1")
         for key in ("samples", "calibration_samples"):
@@ -143,7 +151,9 @@ class SyntheticSource:
         for k in range(n):
             labels = self.label_map(int(rng.integers(self.pool)))
             assert isinstance(labels, np.ndarray)  # an ultrasound map
-            image = randomise.randomise_us(labels, rng, sp, self.fat_mimic_prob)[None]
+            image = randomise.randomise_us(labels, rng, sp, self.fat_mimic_prob, self.fascia_dimming_prob)[
+                None
+            ]
             image = np.ascontiguousarray(image, np.float32)
             rows, cols = labels.shape
             region = UltrasoundRegion(0, (0, 0, rows, cols), (sp, sp))
@@ -156,7 +166,9 @@ class SyntheticSource:
 
         labels = self.label_map(int(rng.integers(self.pool)))
         if isinstance(labels, np.ndarray):  # ultrasound
-            image = randomise.randomise_us(labels, rng, self.prep.spacing_mm, self.fat_mimic_prob)[None]
+            image = randomise.randomise_us(
+                labels, rng, self.prep.spacing_mm, self.fat_mimic_prob, self.fascia_dimming_prob
+            )[None]
             centre = labels
         else:
             image, shown = randomise.randomise_mr(labels, rng, self.prep.spacing_mm)

@@ -299,13 +299,43 @@ def _fat_mimics(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float)
     return out
 
 
+def _fascia_dimming(labels: np.ndarray, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
+    """Echo lost by the thoracolumbar fascia, dB float32 ``(rows, cols)`` (>= 0 on TLF pixels, 0
+    elsewhere): its specular share fades as the beam (along the rows) leaves the fascia normal
+    (anatomy.md: it dims about 5 degrees off perpendicular), on the fascia's own slope plus a random
+    undulation along it, and (randomly) drops out over a few millimetres where nothing is torn. Such
+    dim stretches, with no nodule above, are hard negatives for a fascia gap (the stalk's is filled)."""
+    out = np.zeros(labels.shape, np.float32)
+    tlf = labels == T.TLF
+    if not tlf.any():
+        return out
+    cols = labels.shape[1]
+    smooth = ndimage.gaussian_filter(tlf.astype(np.float32), max(1.0 / spacing_mm, 1.0))
+    g_row, g_col = np.gradient(smooth)
+    slope_deg = np.degrees(np.arctan2(np.abs(g_col), np.abs(g_row) + 1e-6))
+    bend = _smooth_field(rng, (2, cols), _u(rng, 3.0, 12.0) / spacing_mm)[0] * _u(rng, 0.0, 8.0)
+    angle = np.abs(slope_deg + bend[None, :])
+    specular_db, width_deg = _u(rng, 4.0, 16.0), _u(rng, 2.0, 8.0)
+    dim = specular_db * (1.0 - np.exp(-((angle / width_deg) ** 2)))
+    if rng.random() < 0.5:  # dropouts: a few millimetres of fascia without its specular echo
+        f = _smooth_field(rng, (2, cols), _u(rng, 2.0, 10.0) / spacing_mm)[0]
+        dim = dim + np.where(f > _u(rng, 0.5, 1.5), np.float32(_u(rng, 4.0, 14.0)), np.float32(0.0))[None, :]
+    out[tlf] = dim[tlf]
+    return out
+
+
 def randomise_us(
-    labels: np.ndarray, rng: np.random.Generator, spacing_mm: float, fat_mimic_prob: float = 0.0
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    spacing_mm: float,
+    fat_mimic_prob: float = 0.0,
+    fascia_dimming_prob: float = 0.0,
 ) -> np.ndarray:
     """A random B-mode-like image float32 ``(rows, cols)`` in [0, 1] for Tissue ``labels``.
 
     Per-tissue backscatter, fat septa and muscle striations of random size and direction, (with
-    probability ``fat_mimic_prob``) fat lobules outlined by partial septa as hard negatives, Rayleigh
+    probability ``fat_mimic_prob``) fat lobules outlined by partial septa as hard negatives, (with
+    probability ``fascia_dimming_prob``) the fascia's specular dimming and dropouts, Rayleigh
     speckle through a random anisotropic PSF, frequency-dependent attenuation, (randomly) reverberation
     of the near field below the fascia and near-field clutter as in :func:`.ultrasound.simulate_bmode`,
     a partial, gain-limited TGC, electronic noise, random dynamic range and gain, then (randomly) gamma, a
@@ -315,13 +345,18 @@ def randomise_us(
 
     rows, cols = labels.shape
     s = float(spacing_mm)
-    db = _us_levels(rng)[labels]
+    levels = _us_levels(rng)
+    db = levels[labels]
     fat = np.isin(labels, _FAT)
     if fat.any() and rng.random() < 0.85:
         sep = _septa(rng, labels.shape, _u(rng, 3.0, 10.0) / s, _u(rng, 0.08, 0.4) / s)
         db += np.where(fat, _u(rng, 3.0, 12.0) * sep, 0.0).astype(np.float32)
     if fat_mimic_prob > 0.0 and rng.random() < fat_mimic_prob:
         db += _fat_mimics(labels, rng, s)
+    if fascia_dimming_prob > 0.0 and rng.random() < fascia_dimming_prob:
+        # the diffuse echo stays: a dimmed fascia is never darker than the fat over it
+        floor = np.float32(levels[T.DEEP_FAT] + _u(rng, 0.0, 3.0))
+        db = np.where(labels == T.TLF, np.maximum(db - _fascia_dimming(labels, rng, s), floor), db)
     muscle = labels == T.MUSCLE
     if muscle.any() and rng.random() < 0.85:
         angle = math.radians(_u(rng, -30.0, 30.0))
