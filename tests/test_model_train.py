@@ -342,9 +342,17 @@ def test_fine_tuning_starts_from_a_bundle_and_refuses_a_mismatched_one(data: Pat
     assert "- Inference zooms: 1, 1.5: class probabilities averaged" in (with_zooms.path / CARD).read_text()
     with pytest.raises(ConfigError, match=r"config: preprocessing zooms must be one or more numbers"):
         train(config(data, tmp_path / "f", preprocessing={"zooms": [9.0]}), device="cpu", log=quiet)
-    finer = config(data, tmp_path / "f", init_from=str(first), preprocessing={"spacing_mm": 0.5})
+    # another pixel size is a transfer the fine-tuning adapts (logged); other preprocessing is not
+    spacing = load_bundle(first).preprocessing.spacing_mm
+    finer = config(
+        data, tmp_path / "f", init_from=str(first), optim=one_step, preprocessing={"spacing_mm": 0.5}
+    )
+    lines.clear()
+    assert load_bundle(train(finer, device="cpu", log=lines.append)).preprocessing.spacing_mm == 0.5
+    assert f"init_from: model spacing 0.5 mm (the bundle's: {spacing} mm)" in lines
+    clipped = config(data, tmp_path / "p", init_from=str(first), preprocessing={"percentiles": [5.0, 95.0]})
     with pytest.raises(ConfigError, match="preprocessing differs"):
-        train(finer, device="cpu", log=quiet)
+        train(clipped, device="cpu", log=quiet)
     wider = config(data, tmp_path / "c", init_from=str(first))
     wider["network"]["kwargs"]["channels"] = [8, 16, 32]
     with pytest.raises(ConfigError, match="network differs"):

@@ -227,7 +227,10 @@ def initial_weights(
     """The weights of a bundle to fine-tune from (e.g. the shipped model on a user's own data).
 
     The bundle must be verified (sha256) and match the config's modality, network and preprocessing:
-    anything else would silently train a different model, so it raises :class:`ConfigError`.
+    anything else would silently train a different model, so it raises :class:`ConfigError`. Two
+    preprocessing fields may differ, and are logged: the inference ``zooms``, and ``spacing_mm`` (a
+    convolutional network moved to another pixel size, as its zoom augmentation already does; the
+    fine-tuning adapts it).
     """
     from .bundle import load_bundle
 
@@ -238,8 +241,11 @@ def initial_weights(
     saved = bundle.metadata.get("network") or {}
     if (saved.get("class"), saved.get("kwargs")) != (spec.get("class"), spec.get("kwargs")):
         raise ConfigError("init_from: the bundle's network differs from the config's", bundle_dir)
-    if replace(bundle.preprocessing, zooms=prep.zooms) != prep:  # zooms only change inference
+    if replace(bundle.preprocessing, zooms=prep.zooms, spacing_mm=prep.spacing_mm) != prep:
         raise ConfigError("init_from: the bundle's preprocessing differs from the config's", bundle_dir)
+    if log is not None and bundle.preprocessing.spacing_mm != prep.spacing_mm:
+        theirs_mm = bundle.preprocessing.spacing_mm
+        log(f"init_from: model spacing {prep.spacing_mm} mm (the bundle's: {theirs_mm} mm)")
     if log is not None and bundle.preprocessing.zooms != prep.zooms:
         theirs = list(bundle.preprocessing.zooms)
         log(f"init_from: inference zooms {list(prep.zooms)} (the bundle's: {theirs})")
