@@ -12,8 +12,10 @@ is one line (its frames form one lesion, as in :mod:`backmice_vision.evaluation`
 
 ``--false-positives`` (first argument) lists instead every finding at the operating point (the confidence
 threshold of ``configs/inference.yaml``) that hits no ground-truth nodule: its confidence, longest
-diameter, depth and fascia depth (mm), the subject's habitus and fat thickness, and whether the series
-shows a nodule elsewhere.
+diameter, depth and fascia depth (mm), the subject's habitus and fat thickness, whether the series
+shows a nodule elsewhere and, for ultrasound, what the image shows of it (the mean inside against a ring
+around it, the gradient on its outline, the brightness of the fascia under it against the rest of that
+fascia); last, the medians of those for the false positives and for the hits.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from backmice_vision.errors import BackmiceError
 from backmice_vision.evaluation import (
@@ -34,7 +37,7 @@ from backmice_vision.evaluation import (
 )
 from backmice_vision.findings import extract_nodules, load_thresholds, match_nodules
 from backmice_vision.io import load_series
-from backmice_vision.labels import MODEL_CLASSES, NODULE
+from backmice_vision.labels import FASCIA, MODEL_CLASSES, NODULE
 from backmice_vision.pipeline import DetectorSpec, get_detector
 
 RELAXED = {
@@ -62,25 +65,71 @@ def _mm(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def _false_positives(where, case, series, probs, bundle, thresholds, truth, min_confidence) -> None:
+def _image_measures(series, probs, n) -> tuple[float, float, float] | None:
+    """What the image shows of a finding on its key frame (ultrasound, calibrated): the mean inside it
+    (1 mm in from its outline) against a 2 mm ring around it, in the ring's standard deviations; the
+    smoothed gradient on its outline against that of the 6 mm around it; the brightness of the fascia
+    the model segments under it against the rest of that fascia (median per column)."""
+    if n.mask is None or not series.regions or series.regions[0].spacing_mm is None:
+        return None
+    k0, i0, j0, _, i1, j1 = n.bbox
+    k = round(n.center_voxel[0])
+    img = series.pixels[k]
+    sp = float(series.regions[0].spacing_mm[0])
+    inside = np.zeros(img.shape, dtype=bool)
+    inside[i0:i1, j0:j1] = n.mask[k - k0]
+    ring = ndimage.binary_dilation(inside, iterations=max(1, round(2.0 / sp))) & ~inside
+    core = ndimage.binary_erosion(inside, iterations=max(1, round(1.0 / sp)))
+    core = core if core.sum() >= 20 else inside
+    smooth = ndimage.gaussian_filter(img, 0.5 / sp)
+    outline = inside & ~ndimage.binary_erosion(inside)
+    band = ndimage.binary_dilation(outline, iterations=max(1, round(0.7 / sp)))
+    around = ndimage.binary_dilation(inside, iterations=max(1, round(6.0 / sp))) & ~band
+    grad = np.hypot(*np.gradient(smooth))
+    contrast = float(smooth[core].mean() - smooth[ring].mean()) / max(float(img[ring].std()), 1e-3)
+    edge = float(np.median(grad[band])) / max(float(np.median(grad[around])), 1e-6)
+    fascia = np.argmax(probs[:, k], axis=0) == FASCIA
+    fascia[:i0] = False  # the fascia under the finding, not a superficial line
+    cols = fascia.any(axis=0)
+    col_mean = np.where(cols, (img * fascia).sum(axis=0) / np.maximum(fascia.sum(axis=0), 1), np.nan)
+    under = np.zeros(cols.shape, dtype=bool)
+    under[j0:j1] = True
+    if not (cols & under).any() or not (cols & ~under).any():
+        return contrast, edge, float("nan")
+    return contrast, edge, float(np.median(col_mean[cols & under]) / np.median(col_mean[cols & ~under]))
+
+
+def _false_positives(where, case, series, probs, bundle, thresholds, truth, min_confidence, tally) -> None:
     nodules, _ = extract_nodules(series, probs, calibration=bundle.calibration, thresholds=thresholds)
     for m in match_nodules(nodules, truth, series):
-        if m.pred is None or m.truth is not None:  # a duplicate has a truth
+        if m.pred is None:
             continue
         n = nodules[m.pred]
         if n.confidence < min_confidence:
             continue
+        measures = _image_measures(series, probs, n)
+        if measures is not None:
+            tally["hit" if m.truth is not None else "false positive"].append(measures)
+        if m.truth is not None:  # a hit (a duplicate has a truth too)
+            continue
+        shown = (
+            ""
+            if measures is None
+            else "; contrast {:+.2f} sd, outline gradient x{:.2f}, fascia under it x{:.2f}".format(*measures)
+        )
         print(
             f"{where} false positive: confidence {n.confidence:.2f}, {_mm(n.longest_diameter_mm)} mm, "
             f"depth {_mm(n.depth_mm)} mm, fascia {_mm(n.fascia_depth_mm)} mm ({case.get('habitus', '?')}, "
             f"{case.get('total_fat_mm') or 0.0:.0f} mm of fat); "
             + ("the series shows a nodule elsewhere" if truth else "the series shows no nodule")
+            + shown
         )
 
 
 def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> None:
     detector = get_detector(DetectorSpec.of(model, "cpu", thresholds={"confidence_threshold": 0.0}))
     min_confidence = load_thresholds()["confidence_threshold"]
+    tally: dict[str, list[tuple[float, float, float]]] = {"false positive": [], "hit": []}
     for gt_path in find_cases(data_dirs):
         case = read_ground_truth(gt_path)
         for entry in case["series"]:
@@ -94,7 +143,7 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
                 bundle = detector.bundle_for(series.modality)
                 base = detector.thresholds_for(series.modality)
                 if false_positives:
-                    _false_positives(where, case, series, probs, bundle, base, truth, min_confidence)
+                    _false_positives(where, case, series, probs, bundle, base, truth, min_confidence, tally)
                     continue
                 instances = split_truth_instances(
                     read_truth_mask(gt_path.parent / entry["seg"], series), truth, series
@@ -134,6 +183,16 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
                     )
                     + f"; found with: {', '.join(by)}"
                 )
+
+    for kind, rows in tally.items():
+        if rows:
+            a = np.asarray(rows, dtype=np.float64)
+            print(
+                f"{len(a)} {kind}s (ultrasound, median): contrast {np.median(a[:, 0]):+.2f} sd "
+                f"(|contrast| > 0.3: {np.mean(np.abs(a[:, 0]) > 0.3):.0%}), outline gradient "
+                f"x{np.median(a[:, 1]):.2f}, fascia under it x{np.nanmedian(a[:, 2]):.2f} "
+                f"(below x0.8: {np.mean(a[:, 2] < 0.8):.0%})"
+            )
 
 
 if __name__ == "__main__":

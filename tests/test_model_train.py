@@ -135,6 +135,31 @@ def test_bundle_from_checkpoint_takes_the_last_epoch_and_refuses_what_does_not_f
         assert len(failed.stderr.strip().splitlines()) == 1 and str(bad) in failed.stderr
     assert not (tmp_path / "never").exists()
 
+    # a weight average: the element-wise mean of float tensors, integer buffers from the first checkpoint
+    averager = script.with_name("average_checkpoints.py")
+    shifted = {k: v + 1.0 if v.is_floating_point() else v + 7 for k, v in last["model"].items()}
+    torch.save({"model": shifted}, tmp_path / "shifted.pt")
+    checkpoints = [str(tmp_path / "run" / "last.pt"), str(tmp_path / "shifted.pt")]
+    cmd = [sys.executable, str(averager), str(out), str(tmp_path / "mean"), *checkpoints]
+    assert subprocess.run(cmd, capture_output=True, text=True, check=False).returncode == 0
+    mean = load_bundle(tmp_path / "mean").network.state_dict()
+    for key, value in last["model"].items():
+        expected = value + 0.5 if value.is_floating_point() else value
+        torch.testing.assert_close(mean[key], expected)
+    cmd = [
+        sys.executable,
+        str(averager),
+        str(out),
+        str(tmp_path / "never"),
+        checkpoints[0],
+        str(out / "README"),
+    ]
+    failed = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert (
+        failed.returncode == 2 and "Traceback" not in failed.stderr and str(out / "README") in failed.stderr
+    )
+    assert not (tmp_path / "never").exists()
+
 
 def test_float16_weights_halve_the_bundle_and_load_into_float32(data: Path, tmp_path: Path) -> None:
     net = copy.deepcopy(TINY_NET)
