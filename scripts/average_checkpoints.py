@@ -1,10 +1,10 @@
 """A candidate bundle whose weights are the mean of several training checkpoints (a uniform "model soup").
 
-``python scripts/average_checkpoints.py BUNDLE OUT CHECKPOINT CHECKPOINT [...]``: every ``CHECKPOINT`` is a
+``python scripts/average_checkpoints.py BUNDLE OUT CHECKPOINT [CHECKPOINT ...]``: every ``CHECKPOINT`` is a
 ``last.pt`` or ``best.pt`` of ``backmice train`` (its weight average when the run kept one) of the network
 of ``BUNDLE``; ``OUT`` gets their element-wise mean (batch-norm statistics included; integer buffers such
 as ``num_batches_tracked`` from the first) with ``BUNDLE``'s metadata, card and calibration, written
-atomically, as :mod:`scripts.bundle_from_checkpoint` does for one checkpoint. Averaging only makes sense
+atomically (``scripts/bundle_from_checkpoint.py`` is the case of one checkpoint). Averaging only makes sense
 for runs fine-tuned from the same weights (Wortsman et al., ICML 2022: such runs lie in one basin, and
 their mean is often more robust to a shifted distribution than any of them).
 """
@@ -28,7 +28,7 @@ NOT_A_CHECKPOINT = (
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 4:
+    if len(argv) < 3:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     import torch
@@ -66,7 +66,11 @@ def main(argv: list[str]) -> int:
     meta = json.loads((bundle / METADATA).read_text())
     meta.pop("sha256", None)
     save_bundle(out, mean, meta, (bundle / CARD).read_text())
-    print(f"{out}: mean of the weights of {len(states)} checkpoints")
+    print(
+        f"{out}: weights of {checkpoints[0]}"
+        if len(states) == 1
+        else f"{out}: mean of {len(states)} checkpoints"
+    )
     return 0
 
 
