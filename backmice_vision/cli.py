@@ -207,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="override an inference threshold, e.g. min_fat_context=0 (repeatable)",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:NAME=VALUE[,NAME=VALUE]",
+        help="also post-process the same network output with these thresholds, report in OUT/NAME, e.g. "
+        "g15:nodule_grow_threshold=0.15,nodule_grow_max_mm=2 (repeatable; one network pass for all)",
+    )
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("export", help="export a model to ONNX or TorchScript")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -688,11 +688,16 @@ def run_evaluation(
     flip: bool = False,
     progress: bool = True,
     thresholds: dict[str, float] | None = None,
+    variants: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Run the detector over phantom case folders and write ``out_dir/evaluation.json`` and PNG plots.
 
     ``thresholds`` overrides inference thresholds (e.g. ``{"min_fat_context": 0}`` to measure what the
     anatomical plausibility test removes); the confidence threshold is always swept by the FROC.
+    ``variants`` (name → more overrides) post-process the same network output again under each set and
+    write each report to ``out_dir/<name>/``, as a run with ``thresholds`` and those overrides would
+    (one network pass for all: a bundle's post-processing chosen on its validation set, as nnU-Net does);
+    the detection times then include the variants' post-processing.
 
     ``flip`` turns on the detector's test-time left-right flip (its cost shows in
     ``detect_seconds_per_series``). A progress line per series goes to stderr unless ``progress=False``.
@@ -700,7 +705,8 @@ def run_evaluation(
     Series that cannot be loaded or detected are listed under ``problems`` (one line each) and skipped.
     Returns the report written to ``evaluation.json``.
     """
-    from .pipeline import DetectorSpec, detect_stage, get_detector
+    from .model.detector import Detector
+    from .pipeline import detect_stage
 
     cases = find_cases(data_dirs)
     if not cases:
@@ -711,10 +717,26 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     # every candidate is scored (FROC sweeps the threshold); the configured one is the operating point
     overrides = {**(thresholds or {}), "confidence_threshold": 0.0}
-    detector = get_detector(DetectorSpec.of(model, device, flip=flip, thresholds=overrides))
+    detector = Detector(model, device, thresholds=overrides, flip=flip)  # its own: it gets a hook below
     operating = float(load_thresholds()["confidence_threshold"])
     records: list[SeriesRecord] = []
     problems: list[str] = []
+    variants = {str(name): dict(more) for name, more in (variants or {}).items()}
+    variant_records: dict[str, list[SeriesRecord]] = {name: [] for name in variants}
+    variant_nodules: dict[str, tuple[list[Nodule], float]] = {}
+
+    def post_process_variants(series: ImageSeries, probs: np.ndarray) -> None:
+        from .findings import extract_nodules
+
+        calibration = detector.bundle_for(series.modality).calibration
+        base = detector.thresholds_for(series.modality)
+        for name, more in variants.items():
+            variant_nodules[name] = extract_nodules(
+                series, probs, calibration=calibration, thresholds=base.replace(more)
+            )
+
+    if variants:
+        detector.on_probabilities = post_process_variants
     truths = [(gt_path.parent, read_ground_truth(gt_path)) for gt_path in cases]
     entries = [(case_dir, entry) for case_dir, truth in truths for entry in truth["series"]]
     case_name = _case_names([case_dir for case_dir, _ in truths])
@@ -723,6 +745,7 @@ def run_evaluation(
         if "folder" not in entry:
             problems.append(f"{where}: ground-truth series entry lacks 'folder'")
             continue
+        variant_nodules.clear()
         outcome, result = detect_stage(case_dir / entry["folder"], detector)  # the one pipeline, no writing
         if result is None:
             problems.append(outcome.error)  # one line naming the file
@@ -743,14 +766,50 @@ def run_evaluation(
         )
         record.detect_s = detect_s
         records.append(record)
+        for name, (nodules, series_p) in variant_nodules.items():
+            variant = evaluate_series(series, nodules, series_p, entry, mask, case_name[case_dir])
+            variant.detect_s = detect_s
+            variant_records[name].append(variant)
+    for name, more in variants.items():
+        _write_report(
+            variant_records[name],
+            problems,
+            out_dir / name,
+            operating,
+            model=model,
+            flip=flip,
+            thresholds={**(thresholds or {}), **more},
+            n_cases=len(cases),
+        )
+    return _write_report(
+        records, problems, out_dir, operating, model=model, flip=flip, thresholds=thresholds or {},
+        n_cases=len(cases), variants=variants,
+    )  # fmt: skip
+
+
+def _write_report(
+    records: list[SeriesRecord],
+    problems: list[str],
+    out_dir: Path,
+    operating: float,
+    *,
+    model: str | None,
+    flip: bool,
+    thresholds: Mapping[str, float],
+    n_cases: int,
+    variants: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Summarise ``records`` into ``out_dir``: ``evaluation.json``, ``evaluation.md`` and the plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     metrics = summarise(records, out_dir, operating)
     froc_png = froc_plot({m: v["froc"]["curve"] for m, v in metrics.items()}, out_dir / "froc.png")
     report = {
         "schema": SCHEMA,
         "model": model or "default",
         "test_time_flip": flip,
-        "threshold_overrides": thresholds or {},
-        "n_cases": len(cases),
+        "threshold_overrides": dict(thresholds),
+        "variants": {name: dict(more) for name, more in (variants or {}).items()},
+        "n_cases": n_cases,
         "n_series": len(records),
         "target_definition": (
             f"visible on the series (STIR: oedematous only), longest diameter >= {TARGET_MIN_DIAMETER_MM:g}mm"

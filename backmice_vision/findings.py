@@ -14,8 +14,11 @@ Instances
     (probability > ``nodule_threshold``). The core finds the nodule, the lower threshold gives its extent:
     a large isoechoic nodule that the network is sure of only in part is measured whole, and fragments of
     one nodule are one instance (a grow threshold at or above ``nodule_threshold`` is plain
-    thresholding). A bundle chooses it for its network (``postprocessing`` in its metadata, as nnU-Net
-    picks its post-processing on validation). MR components are 3-D nodules;
+    thresholding). ``nodule_grow_max_mm`` (> 0) bounds the growth to ``ceil(nodule_grow_max_mm /
+    smaller pixel size)`` steps from the core (8-connected in-plane, or one slice / frame), so a low grow
+    threshold cannot run away over neighbouring fat. A bundle chooses both for its network
+    (``postprocessing`` in its metadata, as nnU-Net picks its post-processing on validation). MR
+    components are 3-D nodules;
     an ultrasound component spanning several cine frames is one *tracked* nodule whose key frame is the
     frame of largest area (measurements and ``center_voxel`` come from that frame).
 
@@ -87,6 +90,7 @@ class Thresholds(Mapping[str, float]):
 
     nodule_threshold: float = 0.5  # nodule probability of an instance's core voxels
     nodule_grow_threshold: float = 1.0  # the instance grows from its core over voxels above this (off)
+    nodule_grow_max_mm: float = 0.0  # and this far from its core, in steps of the smaller pixel (0: off)
     defect_threshold: float = 0.5  # calibrated defect probability for FasciaDefect.present
     min_diameter_mm: float = 5.0  # instances with a shorter longest diameter are dropped
     max_diameter_mm: float = 60.0  # longer ones too: back mice are 1-3 cm, > 5 cm is referred as a lipoma
@@ -220,11 +224,8 @@ def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int
         labels, n = ndimage.label(mask, structure=_tracking_structure())
         return labels.astype(np.int32, copy=False), int(n)
     labels = np.zeros(mask.shape, dtype=np.int32)
-    total, start = 0, 0
-    uids = [src.sop_instance_uid for src in series.sources]
-    for stop in range(1, len(uids) + 1):
-        if stop < len(uids) and uids[stop] == uids[start]:
-            continue
+    total = 0
+    for start, stop in _views(series, mask.shape[0]):
         view = labels[start:stop]
         clip = mask[start:stop]
         if stop - start >= 3:  # bridge a nodule missed on one frame of a sweep: one track, not two
@@ -236,22 +237,50 @@ def label_tracks(mask: np.ndarray, series: ImageSeries) -> tuple[np.ndarray, int
             n = ndimage.label(clip, structure=_tracking_structure(), output=view)
         if total and n:
             view[view > 0] += total
-        total, start = total + int(n), stop
+        total += int(n)
     return labels, total
 
 
+def _views(series: ImageSeries, n: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of the ``n`` frames that may be linked: the whole stack of a volume, else
+    one range per ultrasound SOP instance (a cine clip, or one image)."""
+    if profile_for(series.modality).is_volume:
+        return [(0, n)]
+    uids = [src.sop_instance_uid for src in series.sources]
+    starts = [k for k in range(n) if k == 0 or uids[k] != uids[k - 1]]
+    return list(zip(starts, [*starts[1:], n], strict=True))
+
+
 def nodule_instances(
-    nodule_p: np.ndarray, thresholds: Mapping[str, float], series: ImageSeries
+    nodule_p: np.ndarray,
+    thresholds: Mapping[str, float],
+    series: ImageSeries,
+    spacing_mm: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Hysteresis instances of a nodule-probability array ``(n, rows, cols)``: ``(labels, core, n)``.
 
     ``labels`` int32 numbers the :func:`label_tracks` components of ``nodule_p >
     nodule_grow_threshold`` (at most ``nodule_threshold``) that hold a core voxel (``> nodule_threshold``)
-    1..n, 0 elsewhere; ``core`` is the bool core mask.
+    1..n, 0 elsewhere; ``core`` is the bool core mask. With ``nodule_grow_max_mm`` > 0 and the in-plane
+    pixel size ``spacing_mm`` (row, col) known, only the voxels of that mask reached from the core in
+    ``ceil(nodule_grow_max_mm / min(spacing_mm))`` steps of :func:`label_tracks`' connectivity count.
     """
+    from scipy import ndimage
+
     core = nodule_p > thresholds["nodule_threshold"]
     grow = min(thresholds["nodule_grow_threshold"], thresholds["nodule_threshold"])
-    labels, n = label_tracks(nodule_p > grow, series)
+    region = nodule_p > grow
+    limit_mm = thresholds["nodule_grow_max_mm"]
+    if limit_mm > 0 and spacing_mm is not None and grow < thresholds["nodule_threshold"] and core.any():
+        steps = int(np.ceil(limit_mm / min(spacing_mm)))
+        for start, stop in _views(series, core.shape[0]):  # never across separate ultrasound images
+            if core[start:stop].any():
+                region[start:stop] = ndimage.binary_dilation(
+                    core[start:stop], _tracking_structure(), iterations=steps, mask=region[start:stop]
+                )
+            else:
+                region[start:stop] = False
+    labels, n = label_tracks(region, series)
     if n == 0:
         return labels, core, 0
     keep = np.zeros(n + 1, dtype=bool)
@@ -446,10 +475,11 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
     from scipy import ndimage
 
     nod_p = probs[NODULE]
-    labels, core, n = nodule_instances(nod_p, thr, series)
+    lin = _linear(series)
+    in_plane = None if lin is None else (float(np.linalg.norm(lin[:, 1])), float(np.linalg.norm(lin[:, 2])))
+    labels, core, n = nodule_instances(nod_p, thr, series, in_plane)
     if n == 0:
         return []
-    lin = _linear(series)
     affine = None if series.affine is None else np.asarray(series.affine, dtype=np.float64)
     spacing = None if lin is None else tuple(float(v) for v in np.linalg.norm(lin, axis=0))
     voxel_mm3 = None if lin is None else abs(float(np.linalg.det(lin)))
@@ -729,7 +759,7 @@ def _us_region_instances(
 
     r0, c0, r1, c1 = region.box
     nod_p = probs[NODULE, :, r0:r1, c0:c1]
-    labels, core, n = nodule_instances(nod_p, thr, series)
+    labels, core, n = nodule_instances(nod_p, thr, series, region.spacing_mm)
     if n == 0:
         return []
     sp = region.spacing_mm

@@ -358,8 +358,25 @@ def test_backmice_evaluate_on_a_generated_mr_case_writes_json_markdown_and_plots
     from backmice_vision.phantoms.generate import generate_cases
 
     generate_cases("mr", 1, 5, tmp_path / "data", progress=False, workers=1)
-    assert main(["evaluate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ev")]) == 0
+    variant = "loose:nodule_threshold=0.3,nodule_grow_threshold=0.1,nodule_grow_max_mm=2,min_fat_context=0"
+    ev = ["evaluate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ev")]
+    assert main([*ev, "--variant", variant]) == 0
     report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    # the variant post-processes the same network output: as a run with those thresholds would
+    loose = {
+        "nodule_threshold": 0.3,
+        "nodule_grow_threshold": 0.1,
+        "nodule_grow_max_mm": 2.0,
+        "min_fat_context": 0.0,
+    }
+    assert report["variants"] == {"loose": loose}
+    again = run_evaluation([tmp_path / "data"], tmp_path / "ev_loose", thresholds=loose, progress=False)
+    varied = json.loads((tmp_path / "ev" / "loose" / "evaluation.json").read_text())
+    assert varied["threshold_overrides"] == again["threshold_overrides"] == loose
+    assert varied["series"] == again["series"] != report["series"]
+    assert varied["modalities"]["MR"]["froc"] == again["modalities"]["MR"]["froc"]
+    for bad in ("loose", "lo/se:nodule_threshold=0.3", "loose:nodule_treshold=0.3"):
+        assert main([*ev, "--variant", bad]) == 2
     mr = report["modalities"]["MR"]
     truth = read_ground_truth(tmp_path / "data" / "case_0000" / "ground_truth.json")
     assert report["n_series"] == mr["n_series"] == mr["n_images"] == len(truth["series"])

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from backmice_vision.errors import ConfigError, ModelError
 from backmice_vision.findings import (
@@ -552,6 +553,50 @@ def test_us_instance_is_grown_from_its_core_over_the_lower_threshold():
     assert n.confidence == pytest.approx(0.9)
     # without growing (the default): two 2.5 x 2 mm blobs, below the 5 mm minimum, so no finding at all
     assert extract_nodules(series, p, thresholds=THR)[0] == []
+
+
+def test_us_growth_is_bounded_in_mm_from_the_core_and_never_crosses_images():
+    """``nodule_grow_max_mm``: a 10 x 10 px core (p 0.9) in a p 0.35 band 80 px wide grows over the
+    whole band without a bound, and with a 1 mm bound only 5 steps (1 mm of the smaller, 0.2 mm pixel
+    size) beyond the core on each side; a second image of the series with the band
+    at the same pixels but no core of its own gets nothing from the first one's core."""
+    tissue = np.zeros((2, *FRAME), dtype=bool)
+    tissue[:, 20:100, 30:150] = True
+    p = _probs(tissue.shape, tissue)
+    _put(p, NODULE, (slice(0, 2), slice(55, 75), slice(35, 115)), 0.35)  # the band, on both images
+    _put(p, NODULE, (slice(0, 1), slice(60, 70), slice(65, 75)), 0.9)  # the core, on the first
+    series = _series("US", np.zeros((2, *FRAME)), regions=[REGION])
+    series.sources = [FrameSource("1.2.3.1", US_MULTIFRAME, 1), FrameSource("1.2.3.2", US_MULTIFRAME, 1)]
+    (free,), _ = extract_nodules(series, p, thresholds=GROW)
+    assert free.diameters_mm == pytest.approx((80 * 0.25, 20 * 0.2))
+    (bounded,), _ = extract_nodules(series, p, thresholds={**GROW, "nodule_grow_max_mm": 1.0})
+    assert bounded.diameters_mm == pytest.approx(((10 + 2 * 5) * 0.25, (10 + 2 * 5) * 0.2))
+    assert bounded.bbox[0] == 0 and bounded.bbox[3] == 1  # the first image only
+    # a bound without a lower grow threshold changes nothing: plain thresholding
+    plain_thr = {**THR, "nodule_grow_max_mm": 1.0, "min_diameter_mm": 1.0}
+    (plain,), _ = extract_nodules(series, p, thresholds=plain_thr)
+    assert plain.diameters_mm == pytest.approx((10 * 0.25, 10 * 0.2))
+
+
+def test_mr_growth_is_bounded_in_plane_and_one_slice_per_step():
+    """An MR core of 2 slices x 4 x 5 voxels in a p 0.35 slab 8 slices thick and 60 voxels wide: with a
+    1.4 mm bound (two steps of the 0.7 mm pixels) it grows by two steps, each one voxel in-plane
+    (8-connected) or one slice."""
+    series, p = _mr_case(np.diag([0.8, 0.7, 0.7, 1.0]))
+    _put(p, NODULE, (slice(2, 10), slice(28, 42), slice(2, 62)), 0.35)
+    _put(p, NODULE, (slice(5, 7), slice(33, 37), slice(25, 30)), 0.9)
+    (free,), _ = extract_nodules(series, p, thresholds=GROW)
+    assert free.volume_ml == pytest.approx(8 * 14 * 60 * 0.8 * 0.7 * 0.7 / 1000)
+    (bounded,), _ = extract_nodules(series, p, thresholds={**GROW, "nodule_grow_max_mm": 1.4})
+    # one dilation step of the tracking structure: 8-connected in-plane, or one slice at the same (i, j)
+    core = np.zeros(SHAPE_MR, dtype=bool)
+    core[5:7, 33:37, 25:30] = True
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    structure[0, 1, 1] = structure[2, 1, 1] = True
+    expected = ndimage.binary_dilation(core, structure, iterations=2).sum()
+    assert bounded.volume_ml == pytest.approx(expected * 0.8 * 0.7 * 0.7 / 1000)
+    assert bounded.volume_ml < free.volume_ml / 10
 
 
 def test_us_cine_blip_with_a_halo_on_other_frames_is_still_a_blip():

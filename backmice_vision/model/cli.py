@@ -66,15 +66,31 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     from ..evaluation import run_evaluation
     from ..findings import Thresholds
 
-    overrides: dict[str, float] = {}
-    for item in getattr(ns, "threshold", []) or []:
-        name, _, value = str(item).partition("=")
-        try:
-            overrides[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--threshold expects NAME=NUMBER, got {item!r}") from None
-    overrides = Thresholds.check(overrides, "--threshold")  # a misspelt name is a usage error (exit 2)
-    report = run_evaluation(list(ns.data), ns.out, ns.model, ns.device, flip=ns.flip, thresholds=overrides)
+    def parse(items: list[str], option: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for item in items:
+            name, _, value = str(item).partition("=")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(f"{option} expects NAME=NUMBER, got {item!r}") from None
+        return Thresholds.check(out, option)  # a misspelt name is a usage error (exit 2)
+
+    overrides = parse(getattr(ns, "threshold", []) or [], "--threshold")
+    variants: dict[str, dict[str, float]] = {}
+    for item in getattr(ns, "variant", []) or []:
+        label, _, settings = str(item).partition(":")
+        label = label.strip()
+        if not label or not settings or not label.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(
+                f"--variant expects NAME:NAME=VALUE[,NAME=VALUE] (NAME a folder name), got {item!r}"
+            )
+        if label in variants:
+            raise ConfigError(f"--variant {label!r} is given twice")
+        variants[label] = parse(settings.split(","), f"--variant {label}")
+    report = run_evaluation(
+        list(ns.data), ns.out, ns.model, ns.device, flip=ns.flip, thresholds=overrides, variants=variants
+    )
     print(json.dumps({k: report[k] for k in ("n_cases", "n_series") if k in report}))
     for problem in report.get("problems", []):
         print(f"problem: {problem}", file=sys.stderr)

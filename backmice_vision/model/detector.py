@@ -14,7 +14,7 @@ alone 1.1-1.4× faster than torch (batches of 8 tiles), :meth:`Detector.probabil
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -64,6 +64,9 @@ class Detector:
         if backend == "onnxruntime" and self.device.type != "cpu":
             raise ConfigError(f"the onnxruntime backend runs on the CPU, not on {self.device.type}")
         self._onnx: dict[str, OnnxNetwork] = {}
+        # called with (series, probabilities) after each detection, e.g. to post-process them again under
+        # other thresholds (backmice evaluate --variant); the array is the detector's, not a copy
+        self.on_probabilities: Callable[[ImageSeries, np.ndarray], None] | None = None
         self.model_dir = None if model is None else Path(model)
         self.flip = flip
         from ..findings import Thresholds, load_thresholds
@@ -146,6 +149,8 @@ class Detector:
         label_map = class_labels(probs)
         nodule_p = probs[NODULE].copy()  # a copy: a view would keep all five channels alive with the result
         timings["postprocess"] = time.perf_counter() - t0
+        if self.on_probabilities is not None:
+            self.on_probabilities(series, probs)
         return DetectionResult(
             series=series,
             nodules=nodules,
