@@ -103,6 +103,7 @@ class Thresholds(Mapping[str, float]):
     min_fat_context: float = 0.35  # share of a 2 mm ring around it the model calls fat/fascia/nodule/defect
     max_fascia_above: float = 0.5  # US: share of its columns under a fascia with no fat between (muscle)
     min_cine_frames: float = 2.0  # US: frames a track must span in a clip of 5 frames or more
+    min_cine_fraction: float = 0.0  # US: and this share of the clip's frames (0: off)
 
     def __post_init__(self) -> None:
         for name in self:
@@ -776,8 +777,10 @@ def _us_region_instances(
         key = comp[kk]
         k = sl[0].start + kk
         core_frames = int((comp & core[sl]).reshape(comp.shape[0], -1).any(axis=1).sum())
-        if clip_frames[k] >= 5 and core_frames < thr["min_cine_frames"]:
-            continue  # a blip on one frame of a sweep is not a nodule
+        if clip_frames[k] >= 5 and (
+            core_frames < thr["min_cine_frames"] or core_frames < thr["min_cine_fraction"] * clip_frames[k]
+        ):
+            continue  # a blip on one frame of a sweep is not a nodule, nor one on a few frames of a long clip
         rows, cols = np.nonzero(key)
         rows = rows + sl[1].start  # region-relative
         cols = cols + sl[2].start

@@ -614,6 +614,24 @@ def test_us_cine_blip_with_a_halo_on_other_frames_is_still_a_blip():
     assert n.bbox[0] == 0 and n.bbox[3] == n_frames  # its extent is the halo's
 
 
+def test_us_cine_track_must_span_a_share_of_the_clip():
+    """``min_cine_fraction``: a nodule whose core is on 3 of a 10-frame clip is kept at 0.3 and dropped at
+    0.4; a single image is never held to it; and a track on every frame passes any share."""
+    n_frames = 10
+    tissue = np.zeros((n_frames, *FRAME), dtype=bool)
+    tissue[:, 20:100, 30:150] = True
+    p = _probs(tissue.shape, tissue)
+    _put(p, NODULE, (slice(4, 7), slice(50, 80), slice(60, 100)), 0.9)
+    series = _series("US", np.zeros((n_frames, *FRAME)), regions=[REGION])
+    series.sources = [FrameSource("1.2.3.9", US_MULTIFRAME, k + 1) for k in range(n_frames)]
+    assert len(extract_nodules(series, p, thresholds={**THR, "min_cine_fraction": 0.3})[0]) == 1
+    assert extract_nodules(series, p, thresholds={**THR, "min_cine_fraction": 0.4})[0] == []
+    _put(p, NODULE, (slice(0, n_frames), slice(50, 80), slice(60, 100)), 0.9)
+    assert len(extract_nodules(series, p, thresholds={**THR, "min_cine_fraction": 1.0})[0]) == 1
+    single = _series("US", np.zeros((1, *FRAME)), regions=[REGION])
+    assert len(extract_nodules(single, p[:, :1], thresholds={**THR, "min_cine_fraction": 1.0})[0]) == 1
+
+
 def test_mr_instance_is_grown_from_its_core():
     series, p = _mr_case(np.diag([0.8, 0.7, 0.7, 1.0]))
     _put(p, NODULE, (slice(4, 8), slice(30, 40), slice(20, 35)), 0.35)
