@@ -782,9 +782,16 @@ def run_evaluation(
             n_cases=len(cases),
         )
     return _write_report(
-        records, problems, out_dir, operating, model=model, flip=flip, thresholds=thresholds or {},
-        n_cases=len(cases), variants=variants,
-    )  # fmt: skip
+        records,
+        problems,
+        out_dir,
+        operating,
+        model=model,
+        flip=flip,
+        thresholds=thresholds or {},
+        n_cases=len(cases),
+        variants=variants,
+    )
 
 
 def _write_report(

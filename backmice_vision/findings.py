@@ -477,12 +477,13 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
 
     nod_p = probs[NODULE]
     lin = _linear(series)
-    in_plane = None if lin is None else (float(np.linalg.norm(lin[:, 1])), float(np.linalg.norm(lin[:, 2])))
-    labels, core, n = nodule_instances(nod_p, thr, series, in_plane)
+    spacing = None if lin is None else tuple(float(v) for v in np.linalg.norm(lin, axis=0))
+    labels, core, n = nodule_instances(
+        nod_p, thr, series, None if spacing is None else (spacing[1], spacing[2])
+    )
     if n == 0:
         return []
     affine = None if series.affine is None else np.asarray(series.affine, dtype=np.float64)
-    spacing = None if lin is None else tuple(float(v) for v in np.linalg.norm(lin, axis=0))
     voxel_mm3 = None if lin is None else abs(float(np.linalg.det(lin)))
     body = BodyMask(series.pixels, probs) if lin is not None else None
     out = []
