@@ -765,9 +765,8 @@ def _us_region_instances(
     if n == 0:
         return []
     sp = region.spacing_mm
-    uids = [src.sop_instance_uid for src in series.sources]
-    per_uid = {u: uids.count(u) for u in set(uids)}
-    clip_frames = [per_uid[u] for u in uids]  # frames of the instance each frame belongs to
+    # frames of the instance (clip or image) each frame belongs to
+    clip_frames = [stop - start for start, stop in _views(series, nod_p.shape[0]) for _ in range(start, stop)]
     out = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
