@@ -120,8 +120,9 @@ TINY_NET = {
 }
 
 
-def tiny_bundle(out: Path, modality: str = "MR", seed: int = 0) -> Path:
-    """An untrained (seeded) tiny-UNet bundle for ``modality`` written with the library's own writer."""
+def tiny_bundle(out: Path, modality: str = "MR", seed: int = 0, norm: object = None) -> Path:
+    """An untrained (seeded) tiny-UNet bundle for ``modality`` written with the library's own writer;
+    ``norm`` (a MONAI norm spec, e.g. ``["instance", {"affine": True}]``) replaces the net's batch norm."""
     import copy
 
     import torch
@@ -133,6 +134,8 @@ def tiny_bundle(out: Path, modality: str = "MR", seed: int = 0) -> Path:
     prep = DEFAULT_MR if modality == "MR" else DEFAULT_US
     spec = copy.deepcopy(TINY_NET)
     spec["kwargs"]["in_channels"] = prep.in_channels
+    if norm is not None:
+        spec["kwargs"]["norm"] = norm
     torch.manual_seed(seed)
     net = build_network(spec)
     meta = make_metadata(

@@ -153,6 +153,28 @@ def test_detector_on_a_bundle(tmp_path: Path) -> None:
     assert det.bundle_for("MR") is det.bundle_for("MR")  # loaded once
 
 
+def test_instance_normalised_network_round_trips_and_detects(tmp_path: Path) -> None:
+    """A network spec whose norm is a JSON list (``configs/train_mr_dr_fine_instnorm.yaml``) is stored in
+    the metadata as written, rebuilt with instance norms on load, and runs the whole detection."""
+    import torch
+
+    from backmice_vision.io import load_series
+    from backmice_vision.model.detector import Detector
+
+    norm = ["instance", {"affine": True}]
+    path = tiny_bundle(tmp_path / "m", norm=norm)
+    assert json.loads((path / METADATA).read_text())["network"]["kwargs"]["norm"] == norm
+    b = load_bundle(path)
+    norms = [m for m in b.network.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert norms and all(m.affine for m in norms)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.network.modules())
+    series_dir, _, _, _ = write_mr_with_seg(tmp_path / "data")
+    series = load_series(series_dir)
+    res = Detector.from_pretrained(path, device="cpu").detect(series)
+    assert res.label_map.shape == series.shape
+    assert np.isfinite(res.nodule_probability).all()
+
+
 def test_bundle_postprocessing_applies_over_the_config_and_under_the_callers_thresholds(
     tmp_path: Path,
 ) -> None:
