@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
 EVAL_DIR := build/eval
 
-.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm compare wheel-check
+.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm evaluate-sets-fresh compare wheel-check
 
 venv: $(STAMP)
 
@@ -81,6 +81,19 @@ $(EVAL4)/%/.done: | $(STAMP)
 	touch $@
 
 evaluate-sets-confirm: $(EVAL4)/us_shifted/.done $(EVAL4)/us_stress/.done
+
+# A fourth block of every set (40 cases each, seeds never used before), generated after the scratch US
+# line's stages had been designed from the misses of blocks 1-3: the unbiased read of those candidates
+# and of MR 0.4.0's instance norm against 0.3.0.
+EVAL5 := build/eval5
+$(EVAL5)/%/.done: | $(STAMP)
+	rm -rf $(@D)
+	$(PY) -m backmice_vision phantom --modality $(word 1,$(subst _, ,$*)) --cases 40 \
+		--seed $(if $(filter us_shifted,$*),9151,$(if $(filter mr_shifted,$*),9252,$(if $(filter us_stress,$*),9353,9454))) \
+		--config configs/phantom_$*.yaml --out $(@D) --quiet
+	touch $@
+
+evaluate-sets-fresh: $(EVAL5)/us_shifted/.done $(EVAL5)/us_stress/.done $(EVAL5)/mr_shifted/.done $(EVAL5)/mr_stress/.done
 
 compare: evaluate-sets
 	bash scripts/evaluate_candidates.sh

@@ -346,6 +346,35 @@ def test_config_errors(data: Path, tmp_path: Path) -> None:
         train(bad, device="cpu", log=quiet)
 
 
+def test_a_stage_config_states_only_what_it_changes_over_its_base(tmp_path: Path) -> None:
+    from backmice_vision.model.train import load_config
+
+    repo = Path(__file__).resolve().parents[1] / "configs"
+    stage3 = load_config(repo / "train_us_dr_large_scratch_stage3.yaml")
+    scratch = load_config(repo / "train_us_dr_large_scratch.yaml")
+    # two levels of bases: stage 3 over stage 2 over the scratch run
+    assert stage3["optim"]["epochs"] == 20 and stage3["optim"]["lr"] == 0.0002
+    assert stage3["optim"]["ema_decay"] == 0.998  # from stage 2
+    assert stage3["optim"]["batch_size"] == scratch["optim"]["batch_size"] == 16  # from the scratch run
+    assert stage3["network"] == scratch["network"] and stage3["augment"] == scratch["augment"]
+    assert stage3["data"]["val"] == scratch["data"]["val"]
+    assert stage3["data"]["train"][0]["seed"] == 112  # lists are replaced whole
+    assert len(stage3["data"]["train"]) == len(scratch["data"]["train"])
+    assert set(stage3["changelog"]) >= {"0.5.0", "0.6.0"} and "stage3" in stage3["changelog"]["0.6.0"]
+    assert "base" not in stage3
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nmodality: US\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="config bases form a cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: absent.yaml\nmodality: US\n")
+    with pytest.raises(ConfigError, match=r"absent\.yaml: training config not found"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\nmodality: US\n")
+    with pytest.raises(ConfigError, match="base must be the path of another training config"):
+        load_config(tmp_path / "d.yaml")
+
+
 def test_fine_tuning_starts_from_a_bundle_and_refuses_a_mismatched_one(data: Path, tmp_path: Path) -> None:
     first = train(config(data, tmp_path / "a"), device="cpu", log=quiet)
     lines: list[str] = []

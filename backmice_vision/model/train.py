@@ -71,19 +71,42 @@ DEFAULT_OPTIM: dict[str, Any] = {
 
 def load_config(path: str | Path, *, need_train: bool = True) -> dict[str, Any]:
     """Read and check a training YAML config; returns it with defaults filled in. ``need_train=False``
-    accepts a config without ``data.train`` (for :func:`recalibrate`)."""
+    accepts a config without ``data.train`` (for :func:`recalibrate`).
+
+    A config may start from another: ``base: FILE`` (relative to the config's own folder) is read first
+    and this file's keys are merged over it, mappings key by key, everything else (lists included)
+    replaced; the base may itself have a base. So a training stage states only what it changes."""
+    return check_config(_read_with_base(Path(path), ()), str(path), need_train=need_train)
+
+
+def _read_with_base(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     import yaml
 
-    p = Path(path)
     if not p.is_file():
         raise ConfigError("training config not found", p)
+    if p.resolve() in chain:
+        raise ConfigError("config bases form a cycle", p)
     try:
         cfg = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML ({type(exc).__name__})", p) from exc
     if not isinstance(cfg, dict):
         raise ConfigError("training config must be a mapping", p)
-    return check_config(cfg, str(p), need_train=need_train)
+    base = cfg.pop("base", None)
+    if base is None:
+        return cfg
+    if not isinstance(base, str):
+        raise ConfigError("base must be the path of another training config", p)
+    return _merged(_read_with_base(p.parent / base, (*chain, p.resolve())), cfg)
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged onto ``base``: mappings recursively, any other value replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        out[key] = _merged(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return out
 
 
 def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool = True) -> dict[str, Any]:
