@@ -267,6 +267,7 @@ def _finding_row(n: Any) -> dict[str, Any]:
         "id": n.id,
         "confidence": round(float(n.confidence), 4),
         "longest_diameter_mm": None if n.longest_diameter_mm is None else round(n.longest_diameter_mm, 2),
+        "truncated": bool(n.truncated),  # cut by the edge of the image: the size is a lower bound
         "depth_mm": None if n.depth_mm is None else round(float(n.depth_mm), 2),
         "side": n.side or "",
         "fascia_defect_probability": round(float(n.fascia_defect.probability), 4),
@@ -555,6 +556,7 @@ SUMMARY_COLUMNS = (
     "finding",
     "confidence",
     "longest_diameter_mm",
+    "truncated",
     "depth_mm",
     "side",
     "fascia_defect_present",
@@ -578,7 +580,7 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
         ]
         tail = [f"{o.seconds:.2f}", o.error]
         if not o.findings:
-            writer.writerow([*base, "", "", "", "", "", "", "", *tail])
+            writer.writerow([*base, *[""] * 8, *tail])
         for f in o.findings:
             writer.writerow(
                 [
@@ -586,6 +588,7 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
                     f["id"],
                     f["confidence"],
                     f["longest_diameter_mm"],
+                    bool(f.get("truncated", False)),
                     f["depth_mm"],
                     f["side"],
                     f["fascia_defect_present"],
@@ -594,9 +597,9 @@ def write_summary_csv(report: BatchReport, path: Path) -> None:
                 ]
             )
     for p, reason in report.unreadable:
-        writer.writerow([Path(p).name, "", "failed", "", "", "", "", "", "", "", "", "", reason])
+        writer.writerow([Path(p).name, "", "failed", *[""] * 10, reason])
     for name, reason in report.ignored_rows:
-        writer.writerow([name, "", "ignored", "", "", "", "", "", "", "", "", "", reason])
+        writer.writerow([name, "", "ignored", *[""] * 10, reason])
     from .fileio import write_text_atomic
 
     write_text_atomic(buf.getvalue(), path)

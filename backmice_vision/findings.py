@@ -569,6 +569,7 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
             volume_ml=volume_ml,
             bbox=(k0, i0, j0, k1, i1, j1),
             mask=comp.copy(),
+            truncated=_touches_edge(idx, series.shape, (1, EDGE_PX, EDGE_PX)),  # a slab's end slice cuts it
         )
         out.append(nodule)
     return out
@@ -784,6 +785,7 @@ def _us_region_instances(
         rows, cols = np.nonzero(key)
         rows = rows + sl[1].start  # region-relative
         cols = cols + sl[2].start
+        truncated = _touches_edge(np.stack([rows, cols], 1), (r1 - r0, c1 - c0), (EDGE_PX, EDGE_PX))
         ci, cj = float(rows.mean()), float(cols.mean())
         score = float(nod_p[sl][comp & core[sl]].mean(dtype=np.float64))  # float64 sum: alignment-independent
 
@@ -853,9 +855,23 @@ def _us_region_instances(
             bbox=(k0, i0, j0, k1, i1, j1),
             mask=comp.copy(),
             region_index=region.index,
+            truncated=truncated,
         )
         out.append(nodule)
     return out
+
+
+EDGE_PX = 2  # an instance this close to the edge of an image is cut by it (the network's margin)
+
+
+def _touches_edge(index: np.ndarray, shape: tuple[int, ...], margin: tuple[int, ...]) -> bool:
+    """Whether voxel indices ``(N, D)`` come within ``margin`` of the first or last index of an axis of
+    ``shape`` (a margin of 1: on the first or last index). Axes one voxel long (a single MR slice) do
+    not cut."""
+    size, m = np.asarray(shape), np.asarray(margin)
+    lo, hi = index.min(axis=0), index.max(axis=0)
+    cut = (lo < m) | (hi > size - 1 - m)
+    return bool((cut & (size > 1)).any())
 
 
 def _key_mask(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -118,8 +118,15 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def _label(nodule: Nodule, calibrated: bool) -> str:
     size = nodule.longest_diameter_mm
-    text = f"{size:.1f} mm" if calibrated and size is not None else "size n/a (uncalibrated)"
+    text = (
+        f"{_at_least(nodule)}{size:.1f} mm" if calibrated and size is not None else "size n/a (uncalibrated)"
+    )
     return f"#{nodule.id} {text} (conf {round(100 * nodule.confidence):d}%)"
+
+
+def _at_least(nodule: Nodule) -> str:
+    """``>`` before the size of a nodule cut by the edge of the image (its size is a lower bound)."""
+    return ">" if nodule.truncated else ""
 
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) pixels, both ends inclusive
@@ -169,7 +176,9 @@ def _label_texts(nodule: Nodule, calibrated: bool) -> list[str]:
     """The label, then shorter forms for when it does not fit: ``#1 18.4 mm 87%``, ``#1``."""
     full = _label(nodule, calibrated)
     size = nodule.longest_diameter_mm
-    short = f"#{nodule.id} " + (f"{size:.1f} mm " if calibrated and size is not None else "")
+    short = f"#{nodule.id} " + (
+        f"{_at_least(nodule)}{size:.1f} mm " if calibrated and size is not None else ""
+    )
     return [full, short + f"{round(100 * nodule.confidence):d}%", f"#{nodule.id}"]
 
 

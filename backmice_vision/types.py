@@ -165,6 +165,9 @@ class Nodule:
     bbox: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)  # k0, i0, j0, k1, i1, j1 (exclusive)
     mask: np.ndarray | None = field(default=None, repr=False)  # bool, shape of bbox
     region_index: int | None = None  # US region the nodule lies in
+    truncated: bool = (
+        False  # reaches the edge of the imaged field (US region, MR volume): sizes are lower bounds
+    )
 
     @property
     def longest_diameter_mm(self) -> float | None:

@@ -206,6 +206,11 @@ def test_evaluate_series_and_summarise_on_real_findings(tmp_path):
     assert rec15.errors_mm["longest_diameter_rel"] == pytest.approx([0.2])
     assert rec15.errors_mm["longest_diameter_signed_rel"] == pytest.approx([-0.2])
     assert summarise([rec15])["MR"]["longest_diameter_signed_rel_error"]["median"] == pytest.approx(-0.2)
+    # the same nodule cut by the edge of the image: no diameter error (no measurable truth), depth kept
+    larger["nodules"][0]["truncated"] = True
+    cut = evaluate_series(series, nodules, series_p, larger, _truth_mask(), case="case_0002")
+    assert cut.errors_mm["longest_diameter"] == [] and cut.errors_mm["longest_diameter_rel"] == []
+    assert cut.errors_mm["depth"] == rec15.errors_mm["depth"] and cut.lesion_scores == rec15.lesion_scores
 
     empty = ImageSeries(**{**series.__dict__, "series_instance_uid": "1.2.3.9"})
     empty_rec = evaluate_series(empty, [], 0.0, {"folder": "x", "nodules": []}, None, case="case_0001")

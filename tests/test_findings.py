@@ -265,6 +265,28 @@ def test_us_calibrated_region_offset_uses_region_spacing_and_source_grid():
     assert n.bbox == (0, 50, 60, 1, 80, 100)
 
 
+def test_a_nodule_cut_by_the_edge_of_the_image_is_flagged_and_labelled_as_a_lower_bound():
+    from backmice_vision.render import _label
+
+    series, p = _us_case(REGION)
+    (inside,), _ = extract_nodules(series, p, thresholds=THR)
+    assert not inside.truncated and ">" not in _label(inside, True)
+    # the same blob slid to the region's right edge (columns 130-149 of the region's 30-149)
+    p2 = p.copy()
+    _put(p2, FAT, (slice(0, 1), slice(50, 80), slice(60, 100)), 1.0)
+    _put(p2, NODULE, (slice(0, 1), slice(50, 80), slice(110, 150)), 0.8)
+    (cut,), _ = extract_nodules(series, p2, thresholds=THR)
+    assert cut.truncated and cut.diameters_mm == pytest.approx((40 * 0.25, 30 * 0.2))
+    assert _label(cut, True).startswith(f"#{cut.id} >10.0 mm")
+    # MR: the first slice of the stack cuts a nodule; a nodule inside the stack is whole
+    mr, pm = _mr_case(FLIPPED)
+    (whole,), _ = extract_nodules(mr, pm, thresholds=THR)
+    assert not whole.truncated
+    _put(pm, NODULE, (slice(0, 4), slice(30, 40), slice(20, 35)), 0.9)  # joins the box: slices 0-7
+    (first,), _ = extract_nodules(mr, pm, thresholds=THR)
+    assert first.truncated and first.bbox[0] == 0
+
+
 def test_us_without_calibration_reports_no_millimetres():
     region = UltrasoundRegion(index=1, box=REGION.box, spacing_mm=None)
     series, p = _us_case(region)

@@ -90,6 +90,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "fascia_depth_mm": _NUM_OR_NULL,
                     "side": {"enum": ["left", "right", None]},
                     "region_index": {"type": ["integer", "null"]},
+                    "truncated": {"type": "boolean"},
                     "fascia_defect": {
                         "type": "object",
                         "required": ["present", "probability"],
@@ -149,6 +150,7 @@ def finding_dict(nodule: Nodule) -> dict[str, Any]:
         "fascia_depth_mm": _num(nodule.fascia_depth_mm, 2),
         "side": nodule.side,
         "region_index": nodule.region_index,
+        "truncated": bool(nodule.truncated),  # cut by the edge of the imaged field: sizes are lower bounds
         "fascia_defect": {
             "present": bool(d.present),
             "probability": _num(d.probability),

@@ -294,7 +294,8 @@ def result_html(result: DetectionResult) -> str:
     series = result.series
     calibrated = series.calibrated
     rows = "".join(
-        f"<tr><td>#{n.id}</td><td>{_cell(n.longest_diameter_mm if calibrated else None, '.1f')}</td>"
+        f"<tr><td>#{n.id}</td><td>{'&gt;' if n.truncated and calibrated else ''}"
+        f"{_cell(n.longest_diameter_mm if calibrated else None, '.1f')}</td>"
         f"<td>{_cell(n.depth_mm if calibrated else None, '.1f')}</td><td>{html.escape(n.side or '–')}</td>"
         f"<td>{n.confidence:.2f}</td><td>{n.fascia_defect.probability:.2f}"
         f"{' (defect)' if n.fascia_defect.present else ''}</td><td>{round(n.center_voxel[0])}</td></tr>"

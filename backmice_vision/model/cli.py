@@ -25,7 +25,11 @@ def run_detect(ns: argparse.Namespace) -> int:
         f"series probability {result.series_probability:.3f}"
     )
     for n in result.nodules:
-        d = "?" if n.longest_diameter_mm is None else f"{n.longest_diameter_mm:.1f} mm"
+        d = (
+            "?"
+            if n.longest_diameter_mm is None
+            else f"{'>' if n.truncated else ''}{n.longest_diameter_mm:.1f} mm"
+        )
         depth = "?" if n.depth_mm is None else f"{n.depth_mm:.1f} mm"
         print(
             f"  nodule {n.id}: confidence {n.confidence:.2f}, longest diameter {d}, depth {depth}, "
