@@ -40,7 +40,8 @@ def run_demo(out_dir: Path) -> int:
             print(f"{name}: error: {outcome.error}", file=sys.stderr)
             continue
         found = ", ".join(
-            f"#{n.id} {n.confidence:.0%} {n.longest_diameter_mm or 0:.1f} mm" for n in result.nodules
+            f"#{n.id} {n.confidence:.0%} {'>' if n.truncated else ''}{n.longest_diameter_mm or 0:.1f} mm"
+            for n in result.nodules
         )
         print(f"{name}: {len(result.nodules)} finding(s) {found} -> {len(outcome.paths)} files")
     print(f"results in {out_dir / 'results'}")

@@ -29,8 +29,9 @@ Definitions (per modality):
 * **Series AUC**: ``series_probability`` against "the series shows at least one target".
 * **Measurements**: per detected target, the absolute error of longest diameter, depth and fascia depth,
   and the relative error of the longest diameter; the diameter only for nodules the image shows whole
-  (``truncated`` false in the ground truth: a nodule cut by the image's edge has no measurable diameter,
-  and the detector reports its size as a lower bound, :attr:`backmice_vision.types.Nodule.truncated`).
+  (``truncated`` false in the ground truth, which the ultrasound phantoms and annotated series set; a
+  nodule cut by the image's edge has no measurable diameter, and the detector reports its size as a lower
+  bound, :attr:`backmice_vision.types.Nodule.truncated`).
 * **Uncertainty**: the sensitivity at the target false-positive rate carries a 95 % percentile interval
   from resampling cases with replacement (a case's series, lesions and false positives stay together);
   :func:`paired_bootstrap` compares two models on the same cases.
@@ -189,6 +190,7 @@ def truth_from_labels(
             "fascia_depth_mm": n.fascia_depth_mm,
             "defect": {"present": bool(n.fascia_defect.present)},
             "visible": True,
+            "truncated": n.truncated,
         }
         for n in nodules_from_labels(series, labels, thresholds)
     ]
@@ -304,7 +306,7 @@ def evaluate_series(
         if isinstance(gt_defect, dict) and "present" in gt_defect:
             defect.append((g, float(pred.fascia_defect.probability), bool(gt_defect["present"])))
         if targets[g]:
-            # a nodule cut by the edge of the image has no measurable diameter (truth or prediction)
+            # a nodule cut by the image edge has no measurable diameter: skipped where the truth says so
             whole = not tr.get("truncated", False)
             pairs = (
                 (

@@ -569,7 +569,8 @@ def _mr_instances(series: ImageSeries, probs: np.ndarray, thr: dict, cal: Calibr
             volume_ml=volume_ml,
             bbox=(k0, i0, j0, k1, i1, j1),
             mask=comp.copy(),
-            truncated=_touches_edge(idx, series.shape, (1, EDGE_PX, EDGE_PX)),  # a slab's end slice cuts it
+            # a stack's first or last slice cuts it, as does the in-plane edge
+            truncated=_touches_edge(idx, series.shape, (1, *_edge_margin(spacing and spacing[1:], 2))),
         )
         out.append(nodule)
     return out
@@ -785,7 +786,7 @@ def _us_region_instances(
         rows, cols = np.nonzero(key)
         rows = rows + sl[1].start  # region-relative
         cols = cols + sl[2].start
-        truncated = _touches_edge(np.stack([rows, cols], 1), (r1 - r0, c1 - c0), (EDGE_PX, EDGE_PX))
+        truncated = _touches_edge(np.stack([rows, cols], 1), (r1 - r0, c1 - c0), _edge_margin(sp, 2))
         ci, cj = float(rows.mean()), float(cols.mean())
         score = float(nod_p[sl][comp & core[sl]].mean(dtype=np.float64))  # float64 sum: alignment-independent
 
@@ -861,7 +862,15 @@ def _us_region_instances(
     return out
 
 
-EDGE_PX = 2  # an instance this close to the edge of an image is cut by it (the network's margin)
+EDGE_PX = 2  # an instance this close to the edge of an image is cut by it ...
+EDGE_MM = 0.5  # ... or this close in mm: about one model pixel, by which a resampled mask may stop short
+
+
+def _edge_margin(spacing_mm: tuple[float, ...] | None, n_axes: int) -> tuple[int, ...]:
+    """Per-axis margin in pixels for :func:`_touches_edge`: ``EDGE_PX``, or ``EDGE_MM`` where wider."""
+    if spacing_mm is None:
+        return (EDGE_PX,) * n_axes
+    return tuple(max(EDGE_PX, math.ceil(EDGE_MM / s)) for s in spacing_mm)
 
 
 def _touches_edge(index: np.ndarray, shape: tuple[int, ...], margin: tuple[int, ...]) -> bool:

@@ -271,13 +271,21 @@ def test_a_nodule_cut_by_the_edge_of_the_image_is_flagged_and_labelled_as_a_lowe
     series, p = _us_case(REGION)
     (inside,), _ = extract_nodules(series, p, thresholds=THR)
     assert not inside.truncated and ">" not in _label(inside, True)
-    # the same blob slid to the region's right edge (columns 130-149 of the region's 30-149)
+    # the same blob slid to the region's right edge (frame columns 110-149; the region spans 30-149)
     p2 = p.copy()
     _put(p2, FAT, (slice(0, 1), slice(50, 80), slice(60, 100)), 1.0)
     _put(p2, NODULE, (slice(0, 1), slice(50, 80), slice(110, 150)), 0.8)
     (cut,), _ = extract_nodules(series, p2, thresholds=THR)
     assert cut.truncated and cut.diameters_mm == pytest.approx((40 * 0.25, 30 * 0.2))
     assert _label(cut, True).startswith(f"#{cut.id} >10.0 mm")
+    # the margin: max(2 px, 0.5 mm) = 2 columns of 0.25 mm; a blob ending 2 columns short is whole,
+    # 1 column short is cut
+    for stop, is_cut in ((148, False), (149, True)):
+        p3 = p.copy()
+        _put(p3, FAT, (slice(0, 1), slice(50, 80), slice(60, 100)), 1.0)
+        _put(p3, NODULE, (slice(0, 1), slice(50, 80), slice(110, stop)), 0.8)
+        (near,), _ = extract_nodules(series, p3, thresholds=THR)
+        assert near.truncated is is_cut
     # MR: the first slice of the stack cuts a nodule; a nodule inside the stack is whole
     mr, pm = _mr_case(FLIPPED)
     (whole,), _ = extract_nodules(mr, pm, thresholds=THR)

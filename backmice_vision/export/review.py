@@ -100,6 +100,7 @@ def page_data(report: BatchReport, out_dir: Path) -> dict[str, Any]:
                 f["fascia_defect_probability"],
                 int(bool(f["fascia_defect_present"])),
                 f.get("frame"),
+                int(bool(f.get("truncated", False))),
             ]
             for f in o.findings
         ]
@@ -294,7 +295,7 @@ def result_html(result: DetectionResult) -> str:
     series = result.series
     calibrated = series.calibrated
     rows = "".join(
-        f"<tr><td>#{n.id}</td><td>{'&gt;' if n.truncated and calibrated else ''}"
+        f"<tr><td>#{n.id}</td><td>{'&gt;' if n.truncated and calibrated and n.longest_diameter_mm else ''}"
         f"{_cell(n.longest_diameter_mm if calibrated else None, '.1f')}</td>"
         f"<td>{_cell(n.depth_mm if calibrated else None, '.1f')}</td><td>{html.escape(n.side or '–')}</td>"
         f"<td>{n.confidence:.2f}</td><td>{n.fascia_defect.probability:.2f}"
@@ -449,8 +450,8 @@ const least = (a, k) => a.reduce((m, x) => x[k] !== null && x[k] < m ? x[k] : m,
 const rows = D.series.map((s, i) => {
   const [st, folder, uid, mod, num, desc, status, prob, secs, err, outs, finds] = s;
   const study = D.studies[st];
-  const f = finds.map(([id, conf, size, depth, side, defp, defect, frame]) =>
-    ({id, conf, size, depth, side: SIDE[side], defp, defect, frame}));
+  const f = finds.map(([id, conf, size, depth, side, defp, defect, frame, cut]) =>
+    ({id, conf, size, depth, side: SIDE[side], defp, defect, frame, cut}));
   const r = {i, key: study[0] + "/" + folder, studyUid: study[1] || study[0], seriesUid: uid || folder,
     date: date(study[2]), mod, num, desc: desc || "", status: STATUS[status] || status, prob, secs, err,
     files: outs ? outs.split(" ").map(outputName) : [], f};
@@ -495,8 +496,12 @@ function num(v, d, cls) {
 function findingLine(x) {
   const dot = x.defect ?
     el("span", {class: "dot", title: "fascia defect present", text: " \u25CF"}) : null;
+  const size = num(x.size, 2, "size");
+  if (x.cut && x.size !== null) {  // cut by the edge of the image: the size is a lower bound
+    size.textContent = ">" + size.textContent; size.title = "cut by the image edge: at least this long";
+  }
   return el("div", {class: "fr", "data-finding": x.id}, el("span", {class: "num", text: "#" + x.id}),
-    num(x.size, 2, "size"), num(x.depth, 2, "depth"), el("span", {class: "side", text: x.side}),
+    size, num(x.depth, 2, "depth"), el("span", {class: "side", text: x.side}),
     num(x.conf, 2, "conf"), el("span", {}, num(x.defp, 2, "defp"), dot));
 }
 function labelCell(r) {

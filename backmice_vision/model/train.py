@@ -92,10 +92,10 @@ def _read_with_base(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"not valid YAML ({type(exc).__name__})", p) from exc
     if not isinstance(cfg, dict):
         raise ConfigError("training config must be a mapping", p)
-    base = cfg.pop("base", None)
-    if base is None:
+    if "base" not in cfg:
         return cfg
-    if not isinstance(base, str):
+    base = cfg.pop("base")
+    if not isinstance(base, str) or not base:
         raise ConfigError("base must be the path of another training config", p)
     return _merged(_read_with_base(p.parent / base, (*chain, p.resolve())), cfg)
 
