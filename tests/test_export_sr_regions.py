@@ -123,6 +123,32 @@ def test_mr_key_slice_groups(tmp_path: Path) -> None:
     _check(result, written["sr"][0])
 
 
+def test_a_nodule_cut_by_the_image_edge_is_marked_in_the_sr(tmp_path: Path) -> None:
+    """Its sizes are lower bounds: "Cut by image edge" Yes beside its measurements, No for a whole one."""
+    import dataclasses
+
+    import highdicom as hd
+
+    result = make_result(us(tmp_path / "in.dcm", 1), 2)
+    result.nodules[1] = dataclasses.replace(result.nodules[1], truncated=True)
+    path = save_result(result, tmp_path / "out", ["sr"])["sr"][0]
+    assert dciodvfy_errors(path) == []
+    sr = hd.sr.srread(path)
+    cut = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        evaluations = {e.name.value: e.value.meaning for e in group.get_qualitative_evaluations()}
+        cut[group.tracking_identifier] = evaluations["CUT_BY_EDGE"]
+    assert cut == {"nodule 1": "No", "nodule 2": "Yes"}
+    lines = [g for g in _groups(pydicom.dcmread(path)) if "longest diameter" in _item(g, "112039").TextValue]
+    marks = [
+        c.ConceptCodeSequence[0].CodeMeaning
+        for g in lines
+        for c in g.ContentSequence
+        if c.ValueType == "CODE" and c.ConceptNameCodeSequence[0].CodeValue == "CUT_BY_EDGE"
+    ]
+    assert marks == ["No", "Yes"]
+
+
 def test_uncalibrated_us_has_the_outline_only(tmp_path: Path) -> None:
     result = make_result(us(tmp_path / "in.dcm", 1, calibrated=False), 1)
     path = save_result(result, tmp_path / "out", ["sr"])["sr"][0]

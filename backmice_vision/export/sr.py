@@ -4,7 +4,9 @@ One Volumetric ROI group (TID 1411) per nodule, citing its segment of the result
 ``ReferencedSegment`` (``ReferencedSegmentationFrame`` fails dciodvfy) and the same tracking UID as the SEG
 segment. Measurements: long axis / short axis / diameter (mm), volume (ml, MR), depth of the nodule centre
 below the skin (mm), confidence (DCM "Probability", UCUM "1"); the fascia defect as a qualitative
-evaluation (Present / Absent) plus its probability and width. Millimetre measurements are left out for an
+evaluation (Present / Absent) plus its probability and width; whether the image edge cuts the nodule (Yes /
+No: then its sizes are lower bounds, as report.json's ``truncated``), in the volumetric group and beside
+the key-frame diameter. Millimetre measurements are left out for an
 uncalibrated series. Observer: the algorithm as a device. Concepts without a standard code use the private
 coding scheme ``99BACKMICE``. Document flags stay preliminary / partial / unverified (AI output).
 
@@ -167,6 +169,7 @@ def _key_frame_groups(
             algorithm_id=algorithm,
             finding_sites=sites,
             measurements=[long_axis],
+            qualitative_evaluations=[_cut_by_edge(nodule)],
         )
     )
     return groups
@@ -176,6 +179,17 @@ def _private(value: str, meaning: str) -> Any:
     import highdicom as hd
 
     return hd.sr.CodedConcept(value, PRIVATE_SCHEME, meaning)
+
+
+def _cut_by_edge(nodule: Nodule) -> Any:
+    """The qualitative evaluation saying whether the image edge cuts ``nodule`` (its sizes: lower bounds)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.sr.QualitativeEvaluation(
+        name=_private("CUT_BY_EDGE", "Cut by image edge (sizes are lower bounds)"),
+        value=codes.SCT.Yes if nodule.truncated else codes.SCT.No,
+    )
 
 
 def _measurements(nodule: Nodule, calibrated: bool, modality: str) -> list[Any]:
@@ -269,7 +283,8 @@ def _build_sr(
                     hd.sr.QualitativeEvaluation(
                         name=_private("FASCIA_DEFECT", "Fascial defect"),
                         value=codes.SCT.Present if nodule.fascia_defect.present else codes.SCT.Absent,
-                    )
+                    ),
+                    _cut_by_edge(nodule),
                 ],
             )
         )
