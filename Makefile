@@ -71,13 +71,14 @@ SEED_eval5/mr_stress := 9454
 SEED_eval6/us_shifted := 9161
 SEED_eval6/us_stress := 9363
 EVAL2_CASES ?= 20
+PHANTOM_WORKERS ?= 2        # 1 beside a training run on the other core
 BLOCK_SETS := $(foreach s,$(filter SEED_%,$(.VARIABLES)),build/$(s:SEED_%=%)/.done)
 
 $(BLOCK_SETS): build/%/.done: | $(STAMP)
 	rm -rf $(@D)
 	$(PY) -m backmice_vision phantom --modality $(firstword $(subst _, ,$(notdir $*))) \
 		--cases $(if $(filter eval2/%,$*),$(EVAL2_CASES),40) --seed $(SEED_$*) \
-		--config configs/phantom_$(notdir $*).yaml --out $(@D) --quiet
+		--config configs/phantom_$(notdir $*).yaml --out $(@D) --workers $(PHANTOM_WORKERS) --quiet
 	touch $@
 
 evaluate-sets: $(foreach s,us_shifted mr_shifted us_stress mr_stress,build/eval2/$(s)/.done)

@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, help="phantom YAML config (default: configs/phantom_<modality>.yaml)"
     )
+    p.add_argument(
+        "--workers", type=int, default=2, help="processes generating cases at once (default 2: both cores)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_phantom)
 

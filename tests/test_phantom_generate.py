@@ -171,6 +171,17 @@ def test_cli_phantom_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert sorted(p.name for p in out.iterdir()) == ["case_0000", "case_0001"]
     assert "2/2 cases" in capsys.readouterr().err
+    # one process gives the same cases, file for file (each case depends on the seed and its index only)
+    one = tmp_path / "one"
+    args = ["phantom", "--modality", "us", "--cases", "2", "--seed", "1", "--config", str(cfg), "--quiet"]
+    assert main([*args, "--out", str(one), "--workers", "1"]) == 0
+    written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    dicom = [f for f in written if f.suffix == ".dcm"]
+    assert dicom and all((out / f).read_bytes() == (one / f).read_bytes() for f in dicom)
+    assert main([*args, "--out", str(tmp_path / "none"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers must be at least 1" in err and "Traceback" not in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("probe:\n  frequency: 12\n")
     assert main(["phantom", "--modality", "us", "--out", str(tmp_path / "x"), "--config", str(bad)]) == 2

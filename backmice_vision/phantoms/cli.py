@@ -32,8 +32,12 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
 
 
 def run_phantom(ns: argparse.Namespace) -> int:
-    """Handler of ``backmice phantom --modality us|mr --cases N --seed S --out DIR [--config] [--quiet]``."""
+    """Handler of ``backmice phantom --modality us|mr --cases N --seed S --out DIR [--config] [--workers]
+    [--quiet]``; the cases do not depend on ``--workers``."""
     from .generate import generate_cases
+
+    if ns.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {ns.workers}")
 
     path: Path | None = ns.config
     if path is None and (CONFIG_DIR / f"phantom_{ns.modality}.yaml").is_file():
@@ -41,7 +45,9 @@ def run_phantom(ns: argparse.Namespace) -> int:
     config = load_yaml_config(path) if path is not None else {}
     start = time.monotonic()
     try:
-        cases = generate_cases(ns.modality, ns.cases, ns.seed, ns.out, config, progress=not ns.quiet)
+        cases = generate_cases(
+            ns.modality, ns.cases, ns.seed, ns.out, config, progress=not ns.quiet, workers=ns.workers
+        )
     except ConfigError as exc:
         if path is not None and exc.path is None:
             raise ConfigError(exc.reason, path) from None
