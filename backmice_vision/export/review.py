@@ -382,7 +382,7 @@ white-space:nowrap}
 background:#e9edf2;border:1px solid #d3d9e0;border-radius:6px;padding:8px 12px;margin-bottom:8px}
 #filters input[type=number]{width:64px}#q{width:260px}#count{margin-left:auto;color:#5b6472}
 button{cursor:pointer}
-table#series{width:100%;border-collapse:collapse;table-layout:fixed;background:#fff}
+table#series{width:100%;min-width:1110px;border-collapse:collapse;table-layout:fixed;background:#fff}
 #series th{position:sticky;top:50px;background:#f0f2f5;text-align:left;font-weight:600;padding:6px 8px;
 border-bottom:2px solid #cfd5dc;z-index:1}
 #series th[data-sort],#series span[data-sort]{cursor:pointer}
@@ -390,7 +390,7 @@ border-bottom:2px solid #cfd5dc;z-index:1}
 .sorted::after{content:" \\25B2"}.sorted.desc::after{content:" \\25BC"}
 #series td{border-bottom:1px solid #e4e7eb;padding:6px 8px;vertical-align:top}
 #series tbody tr{cursor:pointer}#series tbody tr:hover td{background:#f2f7fc}
-.c-img{width:190px}.c-label{width:300px}.c-status{width:80px}.c-p{width:80px}.c-sec{width:56px}
+.c-img{width:190px}.c-label{width:270px}.c-status{width:80px}.c-p{width:80px}.c-sec{width:56px}
 td.thumb img{max-width:174px;max-height:100px;display:block;border-radius:3px;background:#000}
 .lab{font-weight:600;overflow-wrap:anywhere}
 .mod{display:inline-block;background:#1d2430;color:#fff;border-radius:3px;padding:0 5px;margin-right:6px;
@@ -399,8 +399,9 @@ font-size:12px}
 .st{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;background:#e4e7eb}
 .st-done{background:#d9efe2;color:#135c32}.st-skipped{background:#e0e8f5;color:#24467a}
 .st-failed{background:#fbdcdc;color:#8a1c1c}
-.fr{display:grid;grid-template-columns:36px 96px 84px 56px 96px 1fr;gap:0 8px;align-items:baseline}
-.fh .fr span{white-space:nowrap}.find .fr{padding:1px 0}.find .fr+.fr{border-top:1px dashed #e4e7eb}
+.fr{display:grid;grid-template-columns:28px 84px 70px 44px 84px minmax(72px,1fr);gap:0 6px;
+align-items:baseline}
+.fh .fr{align-items:end}.find .fr{padding:1px 0}.find .fr+.fr{border-top:1px dashed #e4e7eb}
 .num{font-variant-numeric:tabular-nums}.dot{color:#0072b2;font-weight:700}.none{color:#8a929e}
 .err{color:#8a1c1c;overflow-wrap:anywhere}tr.failed td{background:#fff7f7}
 #problems table{border-collapse:collapse;background:#fff;width:100%}
