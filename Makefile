@@ -71,7 +71,8 @@ SEED_eval5/mr_stress := 9454
 SEED_eval6/us_shifted := 9161
 SEED_eval6/us_stress := 9363
 EVAL2_CASES ?= 20
-PHANTOM_WORKERS ?= 2        # 1 beside a training run on the other core
+# PHANTOM_WORKERS=1 generates the sets on one core, beside a training run on the other.
+PHANTOM_WORKERS ?= 2
 BLOCK_SETS := $(foreach s,$(filter SEED_%,$(.VARIABLES)),build/$(s:SEED_%=%)/.done)
 
 $(BLOCK_SETS): build/%/.done: | $(STAMP)
