@@ -101,3 +101,25 @@ def test_quick_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     printed = capsys.readouterr().out
     assert "PASS" in printed or "FAIL" in printed
     assert "overhead_ratio" in printed and "series/min" in printed
+
+
+def test_train_precision_measures_both_precisions_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import train_precision  # benchmarks/train_precision.py
+
+    out = tmp_path / "precision.json"
+    args = ["--batch", "2", "--patch", "64", "--steps", "1", "--rounds", "1", "--json", str(out)]
+    assert train_precision.main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["network"] == "UNet" and r["threads"] == 1 and r["device"] == "cpu"
+    for key in ("train_step_s", "inference_s"):
+        assert set(r[key]) == {"float32", "bfloat16"}
+        assert all(math.isfinite(v) and v > 0 for v in r[key].values())
+    assert math.isclose(r["train_ratio"], r["train_step_s"]["float32"] / r["train_step_s"]["bfloat16"])
+    printed = capsys.readouterr().out
+    assert "float32 / bfloat16" in printed and f"{r['train_ratio']:.2f}" in printed
+    assert train_precision.main(["--steps", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert train_precision.main(["--model", str(tmp_path / "absent")]) == 2
+    assert "absent" in capsys.readouterr().err

@@ -191,6 +191,31 @@ def test_float16_weights_halve_the_bundle_and_load_into_float32(data: Path, tmp_
         train(config(data, tmp_path, weights_dtype="int8"), device="cpu", log=quiet)
 
 
+def test_bfloat16_training_learns_and_differs_from_float32(data: Path, tmp_path: Path) -> None:
+    optim = {"lr": 0.01, "batch_size": 4, "epochs": 3, "steps_per_epoch": 4}
+    lines: list[str] = []
+    low = train(
+        config(data, tmp_path / "bf16", optim={**optim, "precision": "bfloat16"}),
+        device="cpu",
+        log=lines.append,
+    )
+    full = train(config(data, tmp_path / "fp32", optim=optim), device="cpu", log=quiet)
+    history = [
+        json.loads(line) for line in (tmp_path / "bf16" / "run" / "history.jsonl").read_text().splitlines()
+    ]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert any(line.endswith("patches in bfloat16") for line in lines)
+    b_low, b_full = load_bundle(low), load_bundle(full)
+    assert b_low.metadata["training"]["config"]["optim"]["precision"] == "bfloat16"
+    assert b_full.metadata["training"]["config"]["optim"]["precision"] == "float32"
+    # the same seed and batches: only the forward pass's precision differs, and so do the weights
+    w_low, w_full = b_low.network.state_dict(), b_full.network.state_dict()
+    assert all(w_low[k].dtype == torch.float32 for k in w_low if w_low[k].is_floating_point())
+    assert any(not torch.equal(w_low[k], w_full[k]) for k in w_full if w_full[k].is_floating_point())
+    with pytest.raises(ConfigError, match=r"optim\.precision must be float32 or bfloat16"):
+        train(config(data, tmp_path / "x", optim={**optim, "precision": "float8"}), device="cpu", log=quiet)
+
+
 def test_resume_continues_to_the_same_weights(data: Path, tmp_path: Path) -> None:
     train(config(data, tmp_path / "a"), device="cpu", log=quiet)
 

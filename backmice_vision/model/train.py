@@ -14,7 +14,9 @@ choose the checkpoint, its ``calibration_samples`` randomised ultrasound images 
 updated after every step from the initial weights, is what validation scores and the bundle ships;
 ``tversky_beta`` and ``ce_class_weights``: see :func:`segmentation_loss`; ``precise_bn_batches``: before
 every validation the batch-norm statistics of the scored weights are recomputed on that many fixed
-training batches, :func:`recompute_batchnorm`),
+training batches, :func:`recompute_batchnorm`; ``precision``: ``float32``, or ``bfloat16`` to run the
+training forward pass under autocast (convolutions in bfloat16, weights, optimizer, loss and validation in
+float32): about twice the steps per second on CPUs with AMX or AVX-512 BF16 and on recent GPUs),
 ``max_minutes`` (wall-time limit), ``num_workers``, ``calibrate``, ``calibration_max_series`` (how many
 annotated validation series the calibration uses, 40 unless set), ``weights_dtype`` (``float32``, or
 ``float16`` parameters for half the file size: the validation Dice is measured before, the calibration
@@ -180,6 +182,8 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
             isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1
         ):
             raise ConfigError(f"{where}: optim.{key} must be a number between 0 and 1 (e.g. {example})")
+    if optim.setdefault("precision", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"{where}: optim.precision must be float32 or bfloat16")
     weights = optim.setdefault("ce_class_weights", None)
     if weights is not None and (
         not isinstance(weights, list)
@@ -531,7 +535,9 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
     log(
         f"network {spec['class']} {count_parameters(net) / 1e6:.2f} M parameters on {dev}; "
         f"{epochs} epochs x {opt_cfg['steps_per_epoch']} steps of {images_per_step * per_image} patches"
+        f" in {opt_cfg['precision']}"
     )
+    low_precision = opt_cfg["precision"] == "bfloat16"
 
     limit_s = None if cfg["max_minutes"] in (None, 0) else 60.0 * float(cfg["max_minutes"])
     timed_out = False
@@ -545,7 +551,9 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         for batch in loader:
             x, y = batch["image"].to(dev), batch["label"].to(dev)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low_precision):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
             loss.backward()
             optimizer.step()
             if ema is not None:
