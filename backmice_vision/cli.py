@@ -24,6 +24,12 @@ FORMATS_HELP = (
     "(default all; e.g. all,segprob)"
 )
 
+PRECISION_CHOICES = ("float32", "bfloat16")
+PRECISION_HELP = (
+    "network precision: bfloat16 runs the forward pass under autocast, about 1.6x as fast on CPUs with "
+    "AMX and on recent GPUs (default float32)"
+)
+
 
 def _info(ns: argparse.Namespace) -> int:
     from .io.summary import print_series_summary
@@ -151,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped model for the modality)")
     p.add_argument("--config", type=Path, help="inference thresholds YAML (default configs/inference.yaml)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32", help=PRECISION_HELP)
     p.set_defaults(handler=_detect)
 
     p = sub.add_parser("batch", help="detect in every series under a folder (resumable, parallel, Dask)")
@@ -203,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped ones)")
     p.add_argument("--device", default="auto")
     p.add_argument("--flip", action="store_true", help="test-time left-right flip (twice the model time)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32", help=PRECISION_HELP)
     p.add_argument(
         "--threshold",
         action="append",

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -698,6 +698,7 @@ def run_evaluation(
     model: str | None = None,
     device: str = "auto",
     flip: bool = False,
+    precision: Literal["float32", "bfloat16"] = "float32",
     progress: bool = True,
     thresholds: dict[str, float] | None = None,
     variants: Mapping[str, Mapping[str, float]] | None = None,
@@ -712,7 +713,8 @@ def run_evaluation(
     the detection times then include the variants' post-processing.
 
     ``flip`` turns on the detector's test-time left-right flip (its cost shows in
-    ``detect_seconds_per_series``). A progress line per series goes to stderr unless ``progress=False``.
+    ``detect_seconds_per_series``), ``precision`` ``"bfloat16"`` its forward pass under autocast (as
+    ``Detector(precision=...)``). A progress line per series goes to stderr unless ``progress=False``.
 
     Series that cannot be loaded or detected are listed under ``problems`` (one line each) and skipped.
     Returns the report written to ``evaluation.json``.
@@ -729,7 +731,8 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     # every candidate is scored (FROC sweeps the threshold); the configured one is the operating point
     overrides = {**(thresholds or {}), "confidence_threshold": 0.0}
-    detector = Detector(model, device, thresholds=overrides, flip=flip)  # its own: it gets a hook below
+    # its own detector: it gets a hook below
+    detector = Detector(model, device, thresholds=overrides, flip=flip, precision=precision)
     operating = float(load_thresholds()["confidence_threshold"])
     records: list[SeriesRecord] = []
     problems: list[str] = []
@@ -790,6 +793,7 @@ def run_evaluation(
             operating,
             model=model,
             flip=flip,
+            precision=precision,
             thresholds={**(thresholds or {}), **more},
             n_cases=len(cases),
         )
@@ -800,6 +804,7 @@ def run_evaluation(
         operating,
         model=model,
         flip=flip,
+        precision=precision,
         thresholds=thresholds or {},
         n_cases=len(cases),
         variants=variants,
@@ -814,6 +819,7 @@ def _write_report(
     *,
     model: str | None,
     flip: bool,
+    precision: str,
     thresholds: Mapping[str, float],
     n_cases: int,
     variants: Mapping[str, Mapping[str, float]] | None = None,
@@ -826,6 +832,7 @@ def _write_report(
         "schema": SCHEMA,
         "model": model or "default",
         "test_time_flip": flip,
+        "precision": precision,
         "threshold_overrides": dict(thresholds),
         "variants": {name: dict(more) for name, more in (variants or {}).items()},
         "n_cases": n_cases,
@@ -879,6 +886,7 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
         "# Evaluation",
         "",
         f"Model: {report['model']}; test-time flip: {'on' if report.get('test_time_flip') else 'off'}; "
+        f"precision: {report.get('precision', 'float32')}; "
         f"{report['n_cases']} cases, {report['n_series']} series. Targets: {report['target_definition']}.",
         "Written by `backmice evaluate` (see `evaluation.json`, `froc.png`, `reliability_*.png`).",
         "",

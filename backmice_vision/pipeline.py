@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from .errors import BackmiceError
+from .errors import BackmiceError, ConfigError
 from .types import SeriesRef
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class DetectorSpec:
     config: str | None = None
     thresholds: tuple[tuple[str, float], ...] = ()
     flip: bool = False
+    precision: Literal["float32", "bfloat16"] = "float32"
     backend: Literal["torch", "onnxruntime"] = "torch"
 
     @classmethod
@@ -101,17 +102,23 @@ class DetectorSpec:
         config: str | Path | None = None,
         thresholds: Mapping[str, float] | None = None,
         flip: bool = False,
+        precision: Literal["float32", "bfloat16"] = "float32",
         backend: Literal["torch", "onnxruntime"] = "torch",
     ) -> DetectorSpec:
         from .findings import Thresholds
+        from .model.inference import check_precision
 
         checked = Thresholds.check(thresholds or {}, "thresholds")
+        check_precision(precision)
+        if backend == "onnxruntime" and precision != "float32":
+            raise ConfigError("the onnxruntime backend runs in float32 only")
         return cls(
             model=None if model is None else str(model),
             device=device,
             config=None if config is None else str(config),
             thresholds=tuple(sorted(checked.items())),
             flip=flip,
+            precision=precision,
             backend=backend,
         )
 
@@ -124,6 +131,7 @@ class DetectorSpec:
             config=self.config,
             thresholds=dict(self.thresholds) or None,
             flip=self.flip,
+            precision=self.precision,
             backend=self.backend,
         )
 

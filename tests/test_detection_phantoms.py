@@ -52,7 +52,7 @@ from phantom_cases import (
 
 import backmice_vision as bmv
 from backmice_vision.evaluation import read_truth_mask
-from backmice_vision.findings import extract_nodules
+from backmice_vision.findings import _linear, extract_nodules
 from backmice_vision.labels import MODEL_CLASSES
 from backmice_vision.types import DetectionResult, ImageSeries, Nodule
 
@@ -298,3 +298,30 @@ def test_nodule_free_series_outputs_are_valid(
     assert seg.SeriesInstanceUID != d.series.series_instance_uid
     content: Any = hd.sr.srread(written["sr"][0]).content  # a TID 1500 MeasurementReport
     assert len(content.get_volumetric_roi_measurement_groups()) == len(d.result.nodules)
+
+
+@pytest.mark.parametrize("name,kind", [("us", "us_single"), ("mr_left", "mr_axial")])
+def test_bfloat16_inference_finds_the_same_nodules(
+    detect: Callable[[str, str], Detection], name: str, kind: str
+) -> None:
+    """``Detector(precision="bfloat16")`` (the forward pass under autocast) against the float32 result."""
+    full = detect(name, kind)
+    low = bmv.Detector.from_pretrained(precision="bfloat16").detect(full.series)
+    diff = np.abs(low.nodule_probability - full.result.nodule_probability)
+    assert low.nodule_probability.dtype == np.float32
+    assert 0.0 < float(diff.max()) < 0.15 and float(diff.mean()) < 0.005  # it ran in bfloat16, and close
+    assert len(low.nodules) == len(full.result.nodules) >= 1
+    for a, b in zip(
+        sorted(full.result.nodules, key=lambda n: n.center_voxel),
+        sorted(low.nodules, key=lambda n: n.center_voxel),
+        strict=True,
+    ):
+        step = np.subtract(a.center_voxel, b.center_voxel)  # k, i, j
+        if (step_mm := _linear(full.series)) is not None:  # MR: mm per step in k, i, j
+            assert np.linalg.norm(step_mm @ step) < 1.0
+        else:  # ultrasound: the same image, mm of the nodule's region
+            assert a.region_index == b.region_index is not None and step[0] == 0
+            row_mm, col_mm = full.series.regions[a.region_index].spacing_mm or (0.0, 0.0)
+            assert row_mm > 0 and np.hypot(step[1] * row_mm, step[2] * col_mm) < 1.0
+        assert relative_error(b.longest_diameter_mm, a.longest_diameter_mm or 0.0) < 0.05
+        assert abs(a.confidence - b.confidence) < 0.05

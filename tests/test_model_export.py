@@ -89,10 +89,17 @@ def test_backend_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     import sys
 
     from backmice_vision.model.detector import Detector
+    from backmice_vision.pipeline import DetectorSpec
 
     bundle = tiny_bundle(tmp_path / "m")
     with pytest.raises(ConfigError, match="backend must be torch or onnxruntime"):
         Detector(bundle, "cpu", backend="tensorrt")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="precision must be float32 or bfloat16, not 'float16'"):
+        Detector(bundle, "cpu", precision="float16")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="onnxruntime backend runs in float32 only"):
+        Detector(bundle, backend="onnxruntime", precision="bfloat16")
+    with pytest.raises(ConfigError, match="precision must be float32 or bfloat16"):
+        DetectorSpec.of(bundle, "cpu", precision="half")  # type: ignore[arg-type]
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(ModelError, match="needs the onnxruntime package"):
         Detector(bundle, "cpu", backend="onnxruntime")

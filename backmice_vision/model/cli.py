@@ -14,7 +14,7 @@ def run_detect(ns: argparse.Namespace) -> int:
 
     formats = None if ns.formats == "all" else [f.strip() for f in ns.formats.split(",") if f.strip()]
     check_formats(formats)  # usage errors (exit 2) before any work
-    detector = get_detector(DetectorSpec.of(ns.model, ns.device, config=ns.config))
+    detector = get_detector(DetectorSpec.of(ns.model, ns.device, config=ns.config, precision=ns.precision))
     outcome, result = detect_stage(ns.path, detector)
     outcome = write_stage(outcome, result, ns.out, formats)
     if result is None or not outcome.ok:
@@ -93,7 +93,14 @@ def run_evaluate(ns: argparse.Namespace) -> int:
             raise ConfigError(f"--variant {label!r} is given twice")
         variants[label] = parse(settings.split(","), f"--variant {label}")
     report = run_evaluation(
-        list(ns.data), ns.out, ns.model, ns.device, flip=ns.flip, thresholds=overrides, variants=variants
+        list(ns.data),
+        ns.out,
+        ns.model,
+        ns.device,
+        flip=ns.flip,
+        precision=ns.precision,
+        thresholds=overrides,
+        variants=variants,
     )
     print(json.dumps({k: report[k] for k in ("n_cases", "n_series") if k in report}))
     for problem in report.get("problems", []):

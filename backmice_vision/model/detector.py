@@ -35,7 +35,9 @@ class Detector:
     """Find back mice in an :class:`ImageSeries`. Thresholds: ``configs/inference.yaml`` or ``thresholds``.
 
     ``flip`` averages the prediction with the left-right mirrored input (test-time augmentation; twice
-    the model time). ``backend``: ``"torch"`` or ``"onnxruntime"`` (CPU only: ``device`` "auto" becomes
+    the model time). ``precision``: ``"float32"`` or ``"bfloat16"`` (the forward pass under autocast:
+    about 1.6 times as fast on CPUs with AMX and on recent GPUs, probabilities within about 1e-2; torch
+    backend only). ``backend``: ``"torch"`` or ``"onnxruntime"`` (CPU only: ``device`` "auto" becomes
     CPU; raises :class:`ModelError` when onnxruntime is not installed).
     """
 
@@ -47,9 +49,10 @@ class Detector:
         thresholds: Mapping[str, float] | None = None,
         config: str | Path | None = None,
         flip: bool = False,
+        precision: Literal["float32", "bfloat16"] = "float32",
         backend: Literal["torch", "onnxruntime"] = "torch",
     ) -> None:
-        from .inference import resolve_device
+        from .inference import check_precision, resolve_device
 
         if backend not in ("torch", "onnxruntime"):
             raise ConfigError(f"backend must be torch or onnxruntime, not {backend!r}")
@@ -60,6 +63,10 @@ class Detector:
                 raise ModelError("backend 'onnxruntime' needs the onnxruntime package") from exc
             device = "cpu" if device == "auto" else device
         self.backend = backend
+        check_precision(precision)
+        if backend == "onnxruntime" and precision != "float32":
+            raise ConfigError("the onnxruntime backend runs in float32 only")
+        self.precision = precision
         self.device = resolve_device(device)
         if backend == "onnxruntime" and self.device.type != "cpu":
             raise ConfigError(f"the onnxruntime backend runs on the CPU, not on {self.device.type}")
@@ -123,7 +130,9 @@ class Detector:
 
         bundle = self.bundle_for(series.modality)
         if self.backend == "torch":
-            return predict_probabilities(bundle, series, self.device, flip=self.flip, timings=timings)
+            return predict_probabilities(
+                bundle, series, self.device, flip=self.flip, precision=self.precision, timings=timings
+            )
         if bundle.modality not in self._onnx:
             from .export import OnnxNetwork
 
