@@ -27,9 +27,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import BackmiceError, ConfigError
+
+Precision = Literal["float32", "bfloat16"]  # of the network, as Detector(precision=...)
 
 MANIFEST = "manifest.jsonl"
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -159,7 +161,7 @@ def inputs_hash(paths: Iterable[str], model_tag: str) -> str:
 # --- worker side -----------------------------------------------------------------------------------
 
 
-def init_worker(model: str | None, device: str, threads: int) -> None:
+def init_worker(model: str | None, device: str, threads: int, precision: Precision = "float32") -> None:
     """Process-pool initializer: share the cores between workers and load the model once (into the
     process's detector cache, :func:`backmice_vision.pipeline.get_detector`)."""
     import torch
@@ -170,7 +172,7 @@ def init_worker(model: str | None, device: str, threads: int) -> None:
     torch.set_num_threads(max(1, threads))
     # an initializer error would break the pool: each series reports the failed load instead
     with contextlib.suppress(*FAILURES):
-        get_detector(DetectorSpec.of(model, device))
+        get_detector(DetectorSpec.of(model, device, precision=precision))
 
 
 def model_tag(model: str | None) -> str:
@@ -185,9 +187,11 @@ def model_tag(model: str | None) -> str:
     return "|".join(parts) or "no-model"
 
 
-def run_tag(model: str | None, formats: list[str] | None) -> str:
+def run_tag(model: str | None, formats: list[str] | None, precision: Precision = "float32") -> str:
     """Everything besides the input files that decides a series' outputs (part of the resume hash): the
-    weights (:func:`model_tag`), the inference thresholds, the output formats and the library version.
+    weights (:func:`model_tag`), the inference thresholds, the output formats, the network precision
+    (named only when not float32, so that runs from before it existed stay resumable) and the library
+    version.
     Changing any of them makes ``--resume`` redo the series."""
     from . import __version__
     from .export import check_formats
@@ -199,22 +203,31 @@ def run_tag(model: str | None, formats: list[str] | None) -> str:
             model_tag(model),
             "thresholds:" + hashlib.sha256(thresholds.encode()).hexdigest()[:16],
             "formats:" + ",".join(check_formats(formats)),
+            *([f"precision:{precision}"] if precision != "float32" else []),
             f"backmice_vision:{__version__}",
         ]
     )
 
 
 def process_job(
-    job: SeriesJob, out_dir: str, formats: list[str] | None, model: str | None, device: str, tag: str
+    job: SeriesJob,
+    out_dir: str,
+    formats: list[str] | None,
+    model: str | None,
+    device: str,
+    tag: str,
+    precision: Precision = "float32",
 ) -> SeriesOutcome:
     """Detect one series and write its outputs; never raises for bad input."""
-    return write_stage(*detect_stage(job, model, device, tag), out_dir, formats)
+    return write_stage(*detect_stage(job, model, device, tag, precision), out_dir, formats)
 
 
 Staged = tuple[SeriesOutcome, Any, Any, float]  # (outcome, result or None, pipeline Outcome, start time)
 
 
-def detect_stage(job: SeriesJob, model: str | None, device: str, tag: str) -> Staged:
+def detect_stage(
+    job: SeriesJob, model: str | None, device: str, tag: str, precision: Precision = "float32"
+) -> Staged:
     """Hash the inputs, then :func:`backmice_vision.pipeline.detect_stage` (decode and detect)."""
     from .pipeline import DetectorSpec, Outcome, error_line
     from .pipeline import detect_stage as detect_series
@@ -226,7 +239,7 @@ def detect_stage(job: SeriesJob, model: str | None, device: str, tag: str) -> St
     except OSError as exc:
         run = Outcome(error=error_line(exc, job.paths[0] if job.paths else job.key), stage="load")
         return outcome, None, run, start
-    run, result = detect_series(job.paths, DetectorSpec.of(model, device))
+    run, result = detect_series(job.paths, DetectorSpec.of(model, device, precision=precision))
     outcome.study_uid, outcome.series_uid = run.study_instance_uid, run.series_instance_uid
     if result is not None:
         _label(outcome, result.series)
@@ -320,6 +333,7 @@ def _run_local(
     tag: str,
     workers: int,
     threads: int | None = None,
+    precision: Precision = "float32",
 ) -> Iterator[SeriesOutcome]:
     """``workers`` processes with ``threads`` torch threads each (default: the cores shared out), or with
     one worker, this process (``threads`` given: set for torch during the run; the default keeps torch's
@@ -337,10 +351,10 @@ def _run_local(
         try:
             # a GPU, or a core torch leaves free, does series n + 1 while this thread writes series n
             if resolve_device(device).type == "cuda" or torch.get_num_threads() < cores:
-                yield from _pipelined(jobs, str(out_dir), formats, model, device, tag)
+                yield from _pipelined(jobs, str(out_dir), formats, model, device, tag, precision)
             else:  # writing beside an all-cores forward pass slows it more than the overlap gains
                 for job in jobs:
-                    yield process_job(job, str(out_dir), formats, model, device, tag)
+                    yield process_job(job, str(out_dir), formats, model, device, tag, precision)
         finally:
             torch.set_num_threads(before)  # the caller's process keeps its own setting
         return
@@ -352,15 +366,23 @@ def _run_local(
         max_workers=workers,
         mp_context=mp.get_context("spawn"),
         initializer=init_worker,
-        initargs=(model, device, threads),
+        initargs=(model, device, threads, precision),
     ) as pool:
-        futures = [pool.submit(process_job, j, str(out_dir), formats, model, device, tag) for j in jobs]
+        futures = [
+            pool.submit(process_job, j, str(out_dir), formats, model, device, tag, precision) for j in jobs
+        ]
         for fut in as_completed(futures):
             yield fut.result()
 
 
 def _pipelined(
-    jobs: list[SeriesJob], out_dir: str, formats: list[str] | None, model: str | None, device: str, tag: str
+    jobs: list[SeriesJob],
+    out_dir: str,
+    formats: list[str] | None,
+    model: str | None,
+    device: str,
+    tag: str,
+    precision: Precision = "float32",
 ) -> Iterator[SeriesOutcome]:
     """In this process: series ``n + 1`` is decoded and detected in a thread while series ``n`` is written.
 
@@ -376,11 +398,11 @@ def _pipelined(
     if not jobs:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backmice-detect") as ahead:
-        upcoming = ahead.submit(detect_stage, jobs[0], model, device, tag)
+        upcoming = ahead.submit(detect_stage, jobs[0], model, device, tag, precision)
         for following in [*jobs[1:], None]:
             staged = upcoming.result()
             if following is not None:
-                upcoming = ahead.submit(detect_stage, following, model, device, tag)
+                upcoming = ahead.submit(detect_stage, following, model, device, tag, precision)
             yield write_stage(*staged, out_dir, formats)
             del staged
 
@@ -395,6 +417,7 @@ def _run_dask(
     workers: int,
     scheduler: str | None,
     threads: int | None = None,
+    precision: Precision = "float32",
 ) -> Iterator[SeriesOutcome]:
     """One task per series. A LocalCluster gets ``workers`` processes of one task at a time and
     ``threads`` torch threads each (default: the cores shared out); on a given scheduler, torch threads
@@ -432,7 +455,8 @@ def _run_dask(
         if threads:
             client.register_plugin(TorchThreads(threads), name="backmice-torch-threads")
         futures = [
-            client.submit(process_job, j, str(out_dir), formats, model, device, tag, pure=False) for j in jobs
+            client.submit(process_job, j, str(out_dir), formats, model, device, tag, precision, pure=False)
+            for j in jobs
         ]
         for fut in as_completed(futures):
             yield fut.result()
@@ -489,6 +513,7 @@ def run_batch(
     formats: list[str] | None = None,
     model: str | None = None,
     device: str = "auto",
+    precision: Precision = "float32",
     progress: str = "bar",
     on_outcome: Callable[[SeriesOutcome], None] | None = None,
 ) -> BatchReport:
@@ -497,8 +522,11 @@ def run_batch(
     Local engine: ``workers`` processes with ``threads`` torch threads each (default: the usable cores
     shared out); one worker runs in this process and overlaps writing with detecting on a GPU or when
     torch leaves a core free (see :func:`_pipelined`). Dask engine: one task per series, one thread per
-    Dask worker.
+    Dask worker. ``precision``: the network's, as ``Detector(precision=...)``.
     """
+    from .model.inference import check_precision
+
+    check_precision(precision)
     if workers < 1 or (threads is not None and threads < 1):
         raise ConfigError(f"workers and threads must be at least 1 (got {workers} and {threads})")
     start = time.perf_counter()
@@ -507,7 +535,7 @@ def run_batch(
     from .fileio import remove_stale_temporaries
 
     remove_stale_temporaries(out_dir)  # of summary.csv and index.html, if a run was killed writing them
-    tag = run_tag(model, formats)
+    tag = run_tag(model, formats, precision)
     finished = read_manifest(out_dir) if resume else {}
     outcomes: list[SeriesOutcome] = []
     todo: list[SeriesJob] = []
@@ -528,9 +556,9 @@ def run_batch(
         todo.append(job)
     bar = Progress(len(plan.unsupported) + len(todo), progress)
     if engine == "local":
-        stream = _run_local(todo, out_dir, formats, model, device, tag, workers, threads)
+        stream = _run_local(todo, out_dir, formats, model, device, tag, workers, threads, precision)
     elif engine == "dask":
-        stream = _run_dask(todo, out_dir, formats, model, device, tag, workers, scheduler, threads)
+        stream = _run_dask(todo, out_dir, formats, model, device, tag, workers, scheduler, threads, precision)
     else:
         raise BackmiceError(f"unknown engine {engine!r} (local or dask)")
     for outcome in itertools.chain(plan.unsupported, stream):  # unsupported: failed, reported like the rest

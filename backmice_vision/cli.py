@@ -103,6 +103,7 @@ def _batch(ns: argparse.Namespace) -> int:
         formats=formats,
         model=ns.model,
         device=ns.device,
+        precision=ns.precision,
         progress="jsonl" if ns.jsonl else ("quiet" if ns.quiet else "bar"),
     )
     if not ns.jsonl:
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", default="all", help=FORMATS_HELP)
     p.add_argument("--model", help="model folder (default: the shipped models)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32", help=PRECISION_HELP)
     p.add_argument("--dry-run", action="store_true", help="list what would be processed and stop")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from model_factory import tiny_bundle, write_mr_with_seg
 
-from backmice_vision.batch import plan_jobs, read_manifest, run_batch, safe_name
+from backmice_vision.batch import plan_jobs, read_manifest, run_batch, run_tag, safe_name
+from backmice_vision.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,32 @@ def test_resume_redoes_series_when_formats_or_thresholds_change(
     changed = findings.DEFAULT_THRESHOLDS.replace({"confidence_threshold": 0.99})
     monkeypatch.setattr(findings, "load_thresholds", lambda path=None: changed)
     assert run(["json", "seg"]) == ["done", "done"]  # other thresholds, other findings: redone
+
+
+def test_bfloat16_batch_is_its_own_run_for_resume(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    root, bundle = archive
+
+    def run(precision: str):  # type: ignore[no-untyped-def]
+        rep = run_batch(
+            root,
+            tmp_path,
+            model=str(bundle),
+            device="cpu",
+            precision=precision,  # type: ignore[arg-type]
+            progress="quiet",
+            formats=["json"],
+            resume=True,
+        )
+        return sorted(o.status for o in rep.outcomes if o.modality == "MR")
+
+    assert run("float32") == ["done", "done"]
+    assert run("bfloat16") == ["done", "done"]  # another precision, other probabilities: redone
+    assert run("bfloat16") == ["skipped", "skipped"]
+    assert all((tmp_path / key / "report.json").is_file() for key in read_manifest(tmp_path))
+    # float32 keeps the resume hash of runs from before the option existed
+    assert run_tag(str(bundle), ["json"], "float32") == run_tag(str(bundle), ["json"])
+    with pytest.raises(ConfigError, match="precision must be float32 or bfloat16"):
+        run("float16")
 
 
 def test_a_rerun_removes_what_a_killed_run_left_half_written(
