@@ -37,6 +37,16 @@ def test_shipped_config_loads() -> None:
     assert config.destination_for("WORKSTATION").name == "pacs"
     assert config.outputs == ("seg", "sr", "sc")
     assert config.spool_dir.resolve() == (REPO / "build" / "node-spool").resolve()
+    assert config.precision == "float32"
+
+
+def test_node_precision_reaches_the_workers_detector(tmp_path: Path) -> None:
+    from backmice_vision.node.worker import PipelineSettings, _detector_spec
+
+    config = load_config(write_node_config(tmp_path / "node.yaml", **{**MINIMAL, "precision": "bfloat16"}))
+    assert config.precision == "bfloat16"
+    spec = _detector_spec(PipelineSettings(model=config.model, device="cpu", precision=config.precision))
+    assert spec.precision == "bfloat16" and spec.build().precision == "bfloat16"
 
 
 @pytest.mark.parametrize(
@@ -57,6 +67,7 @@ def test_shipped_config_loads() -> None:
             "tls.certificate: file not found",
         ),
         ({"destinations": {"web": {"stow_url": "ftp://x"}}}, "stow_url must be an http(s) URL"),
+        ({"precision": "half"}, "precision must be float32 or bfloat16, not 'half'"),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path: Path, change: dict[str, object], message: str) -> None:

@@ -10,7 +10,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigError
 
@@ -99,6 +99,7 @@ class NodeConfig:
     pipeline: str = "detector"
     model: str | None = None
     device: str = "cpu"
+    precision: Literal["float32", "bfloat16"] = "float32"  # of the network (Detector(precision=...))
     max_process_attempts: int = 3
     max_delivery_attempts: int = 8
     backoff_initial_s: float = 2.0
@@ -258,6 +259,9 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> NodeConfig:
             ca_file=None if t.get("ca_file") is None else _file(t["ca_file"], "tls.ca_file", base, path),
         )
     model = raw.get("model")
+    precision = raw.get("precision", "float32")
+    if precision not in ("float32", "bfloat16"):
+        raise ConfigError(f"precision must be float32 or bfloat16, not {precision!r}", path)
     return NodeConfig(
         ae_title=_ae(raw.get("ae_title", "BACKMICE"), "ae_title", path),
         bind_address=str(raw.get("bind_address", "127.0.0.1")),
@@ -273,6 +277,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> NodeConfig:
         pipeline=pipeline,
         model=None if model is None else str(model),
         device=str(raw.get("device", "cpu")),
+        precision=precision,
         max_process_attempts=_int(raw, "max_process_attempts", 3, path, hi=100),
         max_delivery_attempts=_int(raw, "max_delivery_attempts", 8, path, hi=1000),
         backoff_initial_s=_num(raw, "backoff_initial_s", 2.0, path, 0.01),

@@ -60,6 +60,7 @@ class Node:
             outputs=config.outputs,
             model=config.model,
             device=config.device,
+            precision=config.precision,
             processing_delay_s=config.processing_delay_s,
             threads=threads,
         )

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..errors import BackmiceError, InvalidDicom, UnsupportedSeries
 from ..pipeline import FAILURES, DetectorSpec, bound_heap, detect_stage, error_line, get_detector, write_stage
@@ -45,6 +46,7 @@ class PipelineSettings:
     outputs: tuple[str, ...] = ("seg", "sr", "sc")
     model: str | None = None
     device: str = "cpu"
+    precision: Literal["float32", "bfloat16"] = "float32"
     processing_delay_s: float = 0.0
     threads: int = 1
 
@@ -54,7 +56,7 @@ ProcessFn = Callable[[Path, Path, PipelineSettings], list[Path]]
 
 def _detector_spec(settings: PipelineSettings) -> DetectorSpec:
     """The detector of this worker process: :func:`backmice_vision.pipeline.get_detector` loads it once."""
-    return DetectorSpec.of(settings.model, settings.device)
+    return DetectorSpec.of(settings.model, settings.device, precision=settings.precision)
 
 
 def series_files(input_dir: Path) -> list[Path]:
