@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from .errors import BackmiceError, ConfigError
+from .errors import BackmiceError
 from .types import SeriesRef
 
 if TYPE_CHECKING:
@@ -109,9 +109,7 @@ class DetectorSpec:
         from .model.inference import check_precision
 
         checked = Thresholds.check(thresholds or {}, "thresholds")
-        check_precision(precision)
-        if backend == "onnxruntime" and precision != "float32":
-            raise ConfigError("the onnxruntime backend runs in float32 only")
+        check_precision(precision, backend)
         return cls(
             model=None if model is None else str(model),
             device=device,

@@ -63,9 +63,7 @@ class Detector:
                 raise ModelError("backend 'onnxruntime' needs the onnxruntime package") from exc
             device = "cpu" if device == "auto" else device
         self.backend = backend
-        check_precision(precision)
-        if backend == "onnxruntime" and precision != "float32":
-            raise ConfigError("the onnxruntime backend runs in float32 only")
+        check_precision(precision, backend)
         self.precision = precision
         self.device = resolve_device(device)
         if backend == "onnxruntime" and self.device.type != "cpu":

@@ -281,14 +281,12 @@ PRECISIONS = ("float32", "bfloat16")
 float32's by about 1e-2, ``benchmarks/train_precision.py`` and docs/evaluation measure both)."""
 
 
-def check_precision(precision: str, net: Any = None) -> None:
-    """:class:`ConfigError` for an unknown precision, or bfloat16 with the onnxruntime backend."""
+def check_precision(precision: str, backend: str = "torch") -> None:
+    """:class:`ConfigError` for an unknown precision, or a low one on a backend other than torch."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be {' or '.join(PRECISIONS)}, not {precision!r}")
-    from .export import OnnxNetwork
-
-    if precision != "float32" and isinstance(net, OnnxNetwork):
-        raise ConfigError("the onnxruntime backend runs in float32 only")
+    if precision != "float32" and backend != "torch":
+        raise ConfigError(f"the {backend} backend runs in float32 only")
 
 
 def run_network(
@@ -306,8 +304,9 @@ def run_network(
     under autocast (convolutions in bfloat16, the softmax in float32; see :data:`PRECISIONS`)."""
     import torch
 
-    check_precision(precision, net)
-    low = precision == "bfloat16" and isinstance(net, torch.nn.Module)
+    is_torch = isinstance(net, torch.nn.Module)
+    check_precision(precision, "torch" if is_torch else "onnxruntime")
+    low = precision == "bfloat16"
 
     out: dict[int, np.ndarray] = {}
     index = {id(t): n for n, t in enumerate(tiles)}
