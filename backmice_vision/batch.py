@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .errors import BackmiceError, ConfigError
 
-Precision = Literal["float32", "bfloat16"]  # of the network, as Detector(precision=...)
+if TYPE_CHECKING:
+    from .types import Precision
 
 MANIFEST = "manifest.jsonl"
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")

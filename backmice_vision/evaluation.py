@@ -45,13 +45,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .errors import BackmiceError, ConfigError
 from .findings import load_thresholds, match_nodules, nodule_dice, nodule_full_mask
-from .types import ImageSeries, Nodule
+from .types import ImageSeries, Nodule, Precision
 
 FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
 # issue #4 targets per modality: sensitivity at this many false positives per image, Dice, AUC, ECE
@@ -698,7 +698,7 @@ def run_evaluation(
     model: str | None = None,
     device: str = "auto",
     flip: bool = False,
-    precision: Literal["float32", "bfloat16"] = "float32",
+    precision: Precision = "float32",
     progress: bool = True,
     thresholds: dict[str, float] | None = None,
     variants: Mapping[str, Mapping[str, float]] | None = None,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from .errors import BackmiceError
-from .types import SeriesRef
+from .types import Precision, SeriesRef
 
 if TYPE_CHECKING:
     from .export import ResultUIDs
@@ -90,7 +90,7 @@ class DetectorSpec:
     config: str | None = None
     thresholds: tuple[tuple[str, float], ...] = ()
     flip: bool = False
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Precision = "float32"
     backend: Literal["torch", "onnxruntime"] = "torch"
 
     @classmethod
@@ -102,7 +102,7 @@ class DetectorSpec:
         config: str | Path | None = None,
         thresholds: Mapping[str, float] | None = None,
         flip: bool = False,
-        precision: Literal["float32", "bfloat16"] = "float32",
+        precision: Precision = "float32",
         backend: Literal["torch", "onnxruntime"] = "torch",
     ) -> DetectorSpec:
         from .findings import Thresholds

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .export import ResultUIDs
 
 Modality = Literal["MR", "US"]
+Precision = Literal["float32", "bfloat16"]  # of a network's forward pass (Detector(precision=...))
 
 
 @dataclass(frozen=True)

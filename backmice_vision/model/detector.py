@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ConfigError, ModelError
 from ..labels import NODULE
 from ..profiles import profile_for
-from ..types import DetectionResult, ImageSeries
+from ..types import DetectionResult, ImageSeries, Precision
 from .bundle import Bundle, default_bundle_dir, load_bundle
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Detector:
         thresholds: Mapping[str, float] | None = None,
         config: str | Path | None = None,
         flip: bool = False,
-        precision: Literal["float32", "bfloat16"] = "float32",
+        precision: Precision = "float32",
         backend: Literal["torch", "onnxruntime"] = "torch",
     ) -> None:
         from .inference import check_precision, resolve_device

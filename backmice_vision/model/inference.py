@@ -29,14 +29,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..labels import BACKGROUND, MODEL_CLASSES
 from ..profiles import PROFILES, profile_for
-from ..types import ImageSeries
+from ..types import ImageSeries, Precision
 
 if TYPE_CHECKING:
     import torch
@@ -275,7 +275,7 @@ def _batches(tiles: list[Tile], size: int, max_pixels: int = MAX_BATCH_PIXELS) -
         yield batch
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Inference precisions: ``bfloat16`` runs the network's forward pass under ``torch.autocast`` (about
 1.6 times as fast on CPUs with AMX or AVX-512 BF16 and on recent GPUs; probabilities differ from
 float32's by about 1e-2, ``benchmarks/train_precision.py`` and docs/evaluation measure both)."""
@@ -297,7 +297,7 @@ def run_network(
     multiple: int = 16,
     batch_size: int = 8,
     flip: bool = False,
-    precision: str = "float32",
+    precision: Precision = "float32",
 ) -> list[np.ndarray]:
     """Softmax probabilities float32 ``(C, h, w)`` per tile (same order). ``flip`` averages with the
     left-right mirrored input (test-time augmentation). ``precision`` ``"bfloat16"`` runs a torch network
@@ -336,7 +336,7 @@ def predict_probabilities(
     prep: Preprocessing | None = None,
     batch_size: int = 8,
     flip: bool = False,
-    precision: str = "float32",
+    precision: Precision = "float32",
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Class probabilities float32 ``(C, n, rows, cols)`` (classes ``MODEL_CLASSES``) on the source grid.

@@ -10,9 +10,12 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..types import Precision
 
 OUTPUT_KINDS = ("seg", "sr", "sc")
 PIPELINES = ("detector", "passthrough-sc")  # or "package.module:function"
@@ -99,7 +102,7 @@ class NodeConfig:
     pipeline: str = "detector"
     model: str | None = None
     device: str = "cpu"
-    precision: Literal["float32", "bfloat16"] = "float32"  # of the network (Detector(precision=...))
+    precision: Precision = "float32"  # of the network (Detector(precision=...))
     max_process_attempts: int = 3
     max_delivery_attempts: int = 8
     backoff_initial_s: float = 2.0
@@ -260,8 +263,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> NodeConfig:
         )
     model = raw.get("model")
     precision = raw.get("precision", "float32")
-    if precision not in ("float32", "bfloat16"):
-        raise ConfigError(f"precision must be float32 or bfloat16, not {precision!r}", path)
+    from ..model.inference import check_precision  # numpy only, no torch
+
+    try:
+        check_precision(precision)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path) from None
     return NodeConfig(
         ae_title=_ae(raw.get("ae_title", "BACKMICE"), "ae_title", path),
         bind_address=str(raw.get("bind_address", "127.0.0.1")),

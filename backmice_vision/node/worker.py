@@ -29,10 +29,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from ..errors import BackmiceError, InvalidDicom, UnsupportedSeries
 from ..pipeline import FAILURES, DetectorSpec, bound_heap, detect_stage, error_line, get_detector, write_stage
+
+if TYPE_CHECKING:
+    from ..types import Precision
 
 PASSTHROUGH_VERSION = "passthrough-sc/1"
 _DICOM_SUFFIXES = {"seg": "seg", "sr": "sr", "sc": "sc"}
@@ -46,7 +49,7 @@ class PipelineSettings:
     outputs: tuple[str, ...] = ("seg", "sr", "sc")
     model: str | None = None
     device: str = "cpu"
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Precision = "float32"
     processing_delay_s: float = 0.0
     threads: int = 1
 
