@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BackmiceError, ConfigError
 
 if TYPE_CHECKING:
+    from .pipeline import DetectorSpec
     from .types import Precision
 
 MANIFEST = "manifest.jsonl"
@@ -162,18 +163,18 @@ def inputs_hash(paths: Iterable[str], model_tag: str) -> str:
 # --- worker side -----------------------------------------------------------------------------------
 
 
-def init_worker(model: str | None, device: str, threads: int, precision: Precision = "float32") -> None:
+def init_worker(spec: DetectorSpec, threads: int) -> None:
     """Process-pool initializer: share the cores between workers and load the model once (into the
     process's detector cache, :func:`backmice_vision.pipeline.get_detector`)."""
     import torch
 
-    from .pipeline import FAILURES, DetectorSpec, bound_heap, get_detector
+    from .pipeline import FAILURES, bound_heap, get_detector
 
     bound_heap()
     torch.set_num_threads(max(1, threads))
     # an initializer error would break the pool: each series reports the failed load instead
     with contextlib.suppress(*FAILURES):
-        get_detector(DetectorSpec.of(model, device, precision=precision))
+        get_detector(spec)
 
 
 def model_tag(model: str | None) -> str:
@@ -214,23 +215,19 @@ def process_job(
     job: SeriesJob,
     out_dir: str,
     formats: list[str] | None,
-    model: str | None,
-    device: str,
+    spec: DetectorSpec,
     tag: str,
-    precision: Precision = "float32",
 ) -> SeriesOutcome:
     """Detect one series and write its outputs; never raises for bad input."""
-    return write_stage(*detect_stage(job, model, device, tag, precision), out_dir, formats)
+    return write_stage(*detect_stage(job, spec, tag), out_dir, formats)
 
 
 Staged = tuple[SeriesOutcome, Any, Any, float]  # (outcome, result or None, pipeline Outcome, start time)
 
 
-def detect_stage(
-    job: SeriesJob, model: str | None, device: str, tag: str, precision: Precision = "float32"
-) -> Staged:
+def detect_stage(job: SeriesJob, spec: DetectorSpec, tag: str) -> Staged:
     """Hash the inputs, then :func:`backmice_vision.pipeline.detect_stage` (decode and detect)."""
-    from .pipeline import DetectorSpec, Outcome, error_line
+    from .pipeline import Outcome, error_line
     from .pipeline import detect_stage as detect_series
 
     start = time.perf_counter()
@@ -240,7 +237,7 @@ def detect_stage(
     except OSError as exc:
         run = Outcome(error=error_line(exc, job.paths[0] if job.paths else job.key), stage="load")
         return outcome, None, run, start
-    run, result = detect_series(job.paths, DetectorSpec.of(model, device, precision=precision))
+    run, result = detect_series(job.paths, spec)
     outcome.study_uid, outcome.series_uid = run.study_instance_uid, run.series_instance_uid
     if result is not None:
         _label(outcome, result.series)
@@ -329,12 +326,10 @@ def _run_local(
     jobs: list[SeriesJob],
     out_dir: Path,
     formats: list[str] | None,
-    model: str | None,
-    device: str,
+    spec: DetectorSpec,
     tag: str,
     workers: int,
     threads: int | None = None,
-    precision: Precision = "float32",
 ) -> Iterator[SeriesOutcome]:
     """``workers`` processes with ``threads`` torch threads each (default: the cores shared out), or with
     one worker, this process (``threads`` given: set for torch during the run; the default keeps torch's
@@ -351,11 +346,11 @@ def _run_local(
         torch.set_num_threads(threads or before)
         try:
             # a GPU, or a core torch leaves free, does series n + 1 while this thread writes series n
-            if resolve_device(device).type == "cuda" or torch.get_num_threads() < cores:
-                yield from _pipelined(jobs, str(out_dir), formats, model, device, tag, precision)
+            if resolve_device(spec.device).type == "cuda" or torch.get_num_threads() < cores:
+                yield from _pipelined(jobs, str(out_dir), formats, spec, tag)
             else:  # writing beside an all-cores forward pass slows it more than the overlap gains
                 for job in jobs:
-                    yield process_job(job, str(out_dir), formats, model, device, tag, precision)
+                    yield process_job(job, str(out_dir), formats, spec, tag)
         finally:
             torch.set_num_threads(before)  # the caller's process keeps its own setting
         return
@@ -367,11 +362,9 @@ def _run_local(
         max_workers=workers,
         mp_context=mp.get_context("spawn"),
         initializer=init_worker,
-        initargs=(model, device, threads, precision),
+        initargs=(spec, threads),
     ) as pool:
-        futures = [
-            pool.submit(process_job, j, str(out_dir), formats, model, device, tag, precision) for j in jobs
-        ]
+        futures = [pool.submit(process_job, j, str(out_dir), formats, spec, tag) for j in jobs]
         for fut in as_completed(futures):
             yield fut.result()
 
@@ -380,10 +373,8 @@ def _pipelined(
     jobs: list[SeriesJob],
     out_dir: str,
     formats: list[str] | None,
-    model: str | None,
-    device: str,
+    spec: DetectorSpec,
     tag: str,
-    precision: Precision = "float32",
 ) -> Iterator[SeriesOutcome]:
     """In this process: series ``n + 1`` is decoded and detected in a thread while series ``n`` is written.
 
@@ -399,11 +390,11 @@ def _pipelined(
     if not jobs:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backmice-detect") as ahead:
-        upcoming = ahead.submit(detect_stage, jobs[0], model, device, tag, precision)
+        upcoming = ahead.submit(detect_stage, jobs[0], spec, tag)
         for following in [*jobs[1:], None]:
             staged = upcoming.result()
             if following is not None:
-                upcoming = ahead.submit(detect_stage, following, model, device, tag, precision)
+                upcoming = ahead.submit(detect_stage, following, spec, tag)
             yield write_stage(*staged, out_dir, formats)
             del staged
 
@@ -412,13 +403,11 @@ def _run_dask(
     jobs: list[SeriesJob],
     out_dir: Path,
     formats: list[str] | None,
-    model: str | None,
-    device: str,
+    spec: DetectorSpec,
     tag: str,
     workers: int,
     scheduler: str | None,
     threads: int | None = None,
-    precision: Precision = "float32",
 ) -> Iterator[SeriesOutcome]:
     """One task per series. A LocalCluster gets ``workers`` processes of one task at a time and
     ``threads`` torch threads each (default: the cores shared out); on a given scheduler, torch threads
@@ -455,10 +444,7 @@ def _run_dask(
     try:
         if threads:
             client.register_plugin(TorchThreads(threads), name="backmice-torch-threads")
-        futures = [
-            client.submit(process_job, j, str(out_dir), formats, model, device, tag, precision, pure=False)
-            for j in jobs
-        ]
+        futures = [client.submit(process_job, j, str(out_dir), formats, spec, tag, pure=False) for j in jobs]
         for fut in as_completed(futures):
             yield fut.result()
     finally:
@@ -525,9 +511,9 @@ def run_batch(
     torch leaves a core free (see :func:`_pipelined`). Dask engine: one task per series, one thread per
     Dask worker. ``precision``: the network's, as ``Detector(precision=...)``.
     """
-    from .model.inference import check_precision
+    from .pipeline import DetectorSpec
 
-    check_precision(precision)
+    spec = DetectorSpec.of(model, device, precision=precision)  # checks the precision before any work
     if workers < 1 or (threads is not None and threads < 1):
         raise ConfigError(f"workers and threads must be at least 1 (got {workers} and {threads})")
     start = time.perf_counter()
@@ -557,9 +543,9 @@ def run_batch(
         todo.append(job)
     bar = Progress(len(plan.unsupported) + len(todo), progress)
     if engine == "local":
-        stream = _run_local(todo, out_dir, formats, model, device, tag, workers, threads, precision)
+        stream = _run_local(todo, out_dir, formats, spec, tag, workers, threads)
     elif engine == "dask":
-        stream = _run_dask(todo, out_dir, formats, model, device, tag, workers, scheduler, threads, precision)
+        stream = _run_dask(todo, out_dir, formats, spec, tag, workers, scheduler, threads)
     else:
         raise BackmiceError(f"unknown engine {engine!r} (local or dask)")
     for outcome in itertools.chain(plan.unsupported, stream):  # unsupported: failed, reported like the rest

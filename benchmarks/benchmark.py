@@ -566,6 +566,7 @@ def measure_batch(
     ``sequential``: instead of run_batch, :func:`~backmice_vision.batch.process_job` on one series after
     the other in this process (no overlap of writing and detecting: what one worker process does)."""
     from backmice_vision.batch import SeriesOutcome, plan_jobs, process_job, run_batch, run_tag
+    from backmice_vision.pipeline import DetectorSpec
 
     if threads > 0 and workers == 1:
         import torch
@@ -583,7 +584,7 @@ def measure_batch(
             tag = run_tag(None, formats)
             outcomes = []
             for job in plan_jobs(input_dir).jobs:
-                outcomes.append(process_job(job, str(out), formats, None, "cpu", tag))
+                outcomes.append(process_job(job, str(out), formats, DetectorSpec.of(None, "cpu"), tag))
                 stamp(outcomes[-1])
         else:
             outcomes = run_batch(
