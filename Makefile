@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
 EVAL_DIR := build/eval
 
-.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm evaluate-sets-fresh evaluate-sets-fifth evaluate-sets-sixth compare wheel-check
+.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm evaluate-sets-fresh evaluate-sets-fifth evaluate-sets-sixth evaluate-sets-seventh compare wheel-check
 
 venv: $(STAMP)
 
@@ -53,7 +53,8 @@ evaluate: $(EVAL_DIR)/us_shifted/.done $(EVAL_DIR)/mr_shifted/.done
 #   eval2 (20 cases): the first sets;            eval3 (40): a larger second block;
 #   eval4 (40, US):   after US 0.4.0's zooms;    eval5 (40): after the scratch line's stages;
 #   eval6 (40, US):   after US stage 19 (0.5.0 + wide-preset phantoms) was designed;
-#   eval7 (40, US):   after US stage 21 (stage 20 for longer) was designed.
+#   eval7 (40, US):   after US stage 21 (stage 20 for longer) was designed;
+#   eval8 (40, US):   before any result of the from-scratch run on every source (scratch v2).
 # `make build/eval3/us_stress/.done` makes one set.
 SEED_eval2/us_shifted := 9101
 SEED_eval2/mr_shifted := 9202
@@ -73,6 +74,8 @@ SEED_eval6/us_shifted := 9161
 SEED_eval6/us_stress := 9363
 SEED_eval7/us_shifted := 9171
 SEED_eval7/us_stress := 9373
+SEED_eval8/us_shifted := 9181
+SEED_eval8/us_stress := 9383
 EVAL2_CASES ?= 20
 # PHANTOM_WORKERS=1 generates the sets on one core, beside a training run on the other.
 PHANTOM_WORKERS ?= 2
@@ -91,6 +94,7 @@ evaluate-sets-confirm: build/eval4/us_shifted/.done build/eval4/us_stress/.done
 evaluate-sets-fresh: $(foreach s,us_shifted us_stress mr_shifted mr_stress,build/eval5/$(s)/.done)
 evaluate-sets-fifth: build/eval6/us_shifted/.done build/eval6/us_stress/.done
 evaluate-sets-sixth: build/eval7/us_shifted/.done build/eval7/us_stress/.done
+evaluate-sets-seventh: build/eval8/us_shifted/.done build/eval8/us_stress/.done
 
 compare: evaluate-sets
 	bash scripts/evaluate_candidates.sh
