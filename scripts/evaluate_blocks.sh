@@ -2,7 +2,7 @@
 # A model on every block of held-out sets, and two models compared pooled over the blocks (issue 17).
 #   bash scripts/evaluate_blocks.sh MODEL_DIR NAME [BLOCK...]   evaluate into build/blocks/NAME/<block>_<set>/
 #   bash scripts/evaluate_blocks.sh --compare NAME_A NAME_B [BLOCK...]
-# BLOCK: eval2 ... eval8 (the Makefile's seed table; `make build/eval7/us_stress/.done` makes a set);
+# BLOCK: eval2 ... eval9 (the Makefile's seed table; `make build/eval7/us_stress/.done` makes a set);
 # default every block whose sets exist. SETS (default "us_shifted us_stress"; "mr_shifted mr_stress" for
 # an MR model) picks the sets of a block. A set already evaluated under NAME is not repeated, so a
 # stopped run continues. One torch thread per evaluation (OMP_NUM_THREADS), beside a training run.
