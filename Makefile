@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
 EVAL_DIR := build/eval
 
-.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm evaluate-sets-fresh evaluate-sets-fifth evaluate-sets-sixth evaluate-sets-seventh evaluate-sets-eighth evaluate-sets-mr-fourth compare wheel-check
+.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm evaluate-sets-fresh evaluate-sets-fifth evaluate-sets-sixth evaluate-sets-seventh evaluate-sets-eighth evaluate-sets-ninth compare wheel-check
 
 venv: $(STAMP)
 
@@ -102,7 +102,7 @@ evaluate-sets-fifth: build/eval6/us_shifted/.done build/eval6/us_stress/.done
 evaluate-sets-sixth: build/eval7/us_shifted/.done build/eval7/us_stress/.done
 evaluate-sets-seventh: build/eval8/us_shifted/.done build/eval8/us_stress/.done
 evaluate-sets-eighth: build/eval9/us_shifted/.done build/eval9/us_stress/.done
-evaluate-sets-mr-fourth: build/eval10/mr_shifted/.done build/eval10/mr_stress/.done
+evaluate-sets-ninth: build/eval10/mr_shifted/.done build/eval10/mr_stress/.done
 
 compare: evaluate-sets
 	bash scripts/evaluate_candidates.sh
