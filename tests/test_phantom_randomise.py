@@ -335,3 +335,38 @@ def test_training_mixes_synthetic_images_and_resumes_exactly(tmp_path: Path) -> 
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prep", [US_PREP, DEFAULT_MR], ids=["US", "MR"])
+def test_label_map_pool_on_disk_gives_the_maps_a_fresh_build_gives(prep, tmp_path: Path, monkeypatch) -> None:
+    entry = {"type": "synthetic", "subjects": 2, "pool": 4, "seed": 5, "anatomy": {"force_nodules": 1}}
+    built = SyntheticSource.from_config(entry, prep, tmp_path)
+    first = [built.label_map(p) for p in range(3)]
+    (pool,) = tmp_path.iterdir()
+    assert sorted(f.name for f in pool.iterdir()) == ["00000.npz", "00001.npz", "00002.npz"]
+
+    def no_build(self, p):  # a later run (a resumed one, another session) reads the pool from disk
+        raise AssertionError(f"map {p} rebuilt")
+
+    monkeypatch.setattr(SyntheticSource, "_build_map", no_build)
+    reread = SyntheticSource.from_config(entry, prep, tmp_path)
+    for a, b in zip(first, (reread.label_map(p) for p in range(3)), strict=True):
+        if isinstance(a, np.ndarray):
+            assert isinstance(b, np.ndarray) and b.dtype == np.uint8 and np.array_equal(a, b)
+        else:
+            assert isinstance(b, R.MRLabelStack) and np.array_equal(a.labels, b.labels)
+            assert len(a.refined) == len(b.refined) == 3
+            for (ia, ta), (ib, tb) in zip(a.refined, b.refined, strict=True):
+                assert np.array_equal(ia, ib) and np.array_equal(ta, tb) and tb.dtype == ta.dtype
+    with pytest.raises(AssertionError, match="map 3 rebuilt"):  # not in the pool yet: built
+        reread.label_map(3)
+    monkeypatch.undo()
+
+    # other settings are another pool; a broken file is rebuilt and rewritten
+    other = SyntheticSource.from_config({**entry, "seed": 6}, prep, tmp_path)
+    other.label_map(0)
+    assert len(list(tmp_path.iterdir())) == 2
+    (pool / "00001.npz").write_bytes(b"not a zip")
+    fresh = SyntheticSource.from_config(entry, prep, tmp_path).label_map(1)
+    assert np.array_equal(getattr(fresh, "labels", fresh), getattr(first[1], "labels", first[1]))
+    assert (pool / "00001.npz").stat().st_size > 100

@@ -440,7 +440,8 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
     synthetic_cfg = [s for s in data["train"] if isinstance(s, dict) and s.get("type") == "synthetic"]
     if len(synthetic_cfg) > 1:
         raise ConfigError("data.train may hold one synthetic source")
-    synthetic = SyntheticSource.from_config(synthetic_cfg[0], prep) if synthetic_cfg else None
+    pool_cache = cache / "synthetic" if cache is not None else None
+    synthetic = SyntheticSource.from_config(synthetic_cfg[0], prep, pool_cache) if synthetic_cfg else None
     annotated = [s for s in data["train"] if not _is_synthetic(s)]
     val_annotated = [s for s in data["val"] if not _is_synthetic(s)]
     val_synthetic = [s for s in data["val"] if _is_synthetic(s)]
@@ -456,7 +457,7 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
     )
     val_samples = [val_all[i] for i in sorted(set(pick.tolist()))]
     if val_synthetic:  # checkpoints are chosen on the randomised look too, not only on the simulator's
-        val_source = SyntheticSource.from_config(val_synthetic[0], prep)
+        val_source = SyntheticSource.from_config(val_synthetic[0], prep, pool_cache)
         val_samples += val_source.fixed_samples(int(val_synthetic[0].get("samples", 100)))
     share = float(synthetic_cfg[0].get("share", 0.5)) if synthetic_cfg else 0.0
     freq = class_frequencies(train_samples) if train_samples else np.zeros(len(MODEL_CLASSES))
