@@ -7,8 +7,11 @@ For every target lesion that the model's own thresholds (``configs/inference.yam
 truth), the highest nodule probability inside it and the share of its pixels above the nodule threshold,
 whether it is cut by the image border, the subject's habitus and fat thickness, the share of its
 pixels the network gives each class (background is muscle and everything else that is
-not fat, fascia, nodule or defect), and which relaxed threshold sets would have found it. A cine lesion
-is one line (its frames form one lesion, as in :mod:`backmice_vision.evaluation`).
+not fat, fascia, nodule or defect), which relaxed threshold sets would have found it and, for
+ultrasound, what the image shows of it on the frame where it is largest (its contrast against a ring
+around it, the gradient on its outline); last, the medians of those for the missed and the found target
+lesions (is a miss a nodule the image shows?). A cine lesion is one line (its frames form one lesion, as
+in :mod:`backmice_vision.evaluation`).
 
 ``--false-positives`` (first argument) lists instead every finding at the operating point (the confidence
 threshold of ``configs/inference.yaml``) that hits no ground-truth nodule: its confidence, longest
@@ -65,19 +68,10 @@ def _mm(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def _image_measures(series, probs, n) -> tuple[float, float, float] | None:
-    """What the image shows of a finding on its key frame (ultrasound, calibrated): the mean inside it
-    (1 mm in from its outline) against a 2 mm ring around it, in the ring's standard deviations; the
-    smoothed gradient on its outline against that of the 6 mm around it; the brightness of the fascia
-    the model segments under it against the rest of that fascia (median per column)."""
-    if n.mask is None or not series.regions or series.regions[0].spacing_mm is None:
-        return None
-    k0, i0, j0, _, i1, j1 = n.bbox
-    k = round(n.center_voxel[0])
-    img = series.pixels[k]
-    sp = float(series.regions[0].spacing_mm[0])
-    inside = np.zeros(img.shape, dtype=bool)
-    inside[i0:i1, j0:j1] = n.mask[k - k0]
+def _contrast_edge(img: np.ndarray, inside: np.ndarray, sp: float) -> tuple[float, float]:
+    """What one frame shows of a region ``inside`` (bool, the frame's shape; ``sp`` mm per pixel): the mean
+    inside it (1 mm in from its outline) against a 2 mm ring around it, in the ring's standard
+    deviations, and the smoothed gradient on its outline against that of the 6 mm around it."""
     ring = ndimage.binary_dilation(inside, iterations=max(1, round(2.0 / sp))) & ~inside
     core = ndimage.binary_erosion(inside, iterations=max(1, round(1.0 / sp)))
     core = core if core.sum() >= 20 else inside
@@ -87,7 +81,28 @@ def _image_measures(series, probs, n) -> tuple[float, float, float] | None:
     around = ndimage.binary_dilation(inside, iterations=max(1, round(6.0 / sp))) & ~band
     grad = np.hypot(*np.gradient(smooth))
     contrast = float(smooth[core].mean() - smooth[ring].mean()) / max(float(img[ring].std()), 1e-3)
-    edge = float(np.median(grad[band])) / max(float(np.median(grad[around])), 1e-6)
+    return contrast, float(np.median(grad[band])) / max(float(np.median(grad[around])), 1e-6)
+
+
+def _us_spacing(series) -> float | None:
+    if series.modality != "US" or not series.regions or series.regions[0].spacing_mm is None:
+        return None
+    return float(series.regions[0].spacing_mm[0])
+
+
+def _image_measures(series, probs, n) -> tuple[float, float, float] | None:
+    """What the image shows of a finding on its key frame (ultrasound, calibrated): :func:`_contrast_edge`
+    of its mask, and the brightness of the fascia the model segments under it against the rest of that
+    fascia (median per column)."""
+    sp = _us_spacing(series)
+    if n.mask is None or sp is None:
+        return None
+    k0, i0, j0, _, i1, j1 = n.bbox
+    k = round(n.center_voxel[0])
+    img = series.pixels[k]
+    inside = np.zeros(img.shape, dtype=bool)
+    inside[i0:i1, j0:j1] = n.mask[k - k0]
+    contrast, edge = _contrast_edge(img, inside, sp)
     fascia = np.argmax(probs[:, k], axis=0) == FASCIA
     fascia[:i0] = False  # the fascia under the finding, not a superficial line
     cols = fascia.any(axis=0)
@@ -97,6 +112,15 @@ def _image_measures(series, probs, n) -> tuple[float, float, float] | None:
     if not (cols & under).any() or not (cols & ~under).any():
         return contrast, edge, float("nan")
     return contrast, edge, float(np.median(col_mean[cols & under]) / np.median(col_mean[cols & ~under]))
+
+
+def _lesion_measures(series, pixels: np.ndarray) -> tuple[float, float] | None:
+    """:func:`_contrast_edge` of a ground-truth lesion on the frame where it is largest (ultrasound)."""
+    sp = _us_spacing(series)
+    if sp is None:
+        return None
+    k = int(np.argmax(pixels.reshape(pixels.shape[0], -1).sum(axis=1)))
+    return _contrast_edge(series.pixels[k], pixels[k], sp)
 
 
 def _false_positives(where, case, series, probs, bundle, thresholds, truth, min_confidence, tally) -> None:
@@ -130,6 +154,7 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
     detector = get_detector(DetectorSpec.of(model, "cpu", thresholds={"confidence_threshold": 0.0}))
     min_confidence = load_thresholds()["confidence_threshold"]
     tally: dict[str, list[tuple[float, float, float]]] = {"false positive": [], "hit": []}
+    looks: dict[str, list[tuple[float, float]]] = {"missed": [], "found": []}  # target lesions (US)
     for gt_path in find_cases(data_dirs):
         case = read_ground_truth(gt_path)
         for entry in case["series"]:
@@ -157,12 +182,17 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
             }
             lesions = _lesion_groups(truth, cine=entry.get("kind") == "us_cine")  # as the evaluation
             for members in lesions:
-                if found & set(members) or not any(is_target(truth[t]) for t in members):
+                if not any(is_target(truth[t]) for t in members):
                     continue
                 pixels = np.zeros(series.shape, dtype=bool)
                 for t in members:
                     pixels |= instances.get(t, pixels)
                 if not pixels.any():
+                    continue
+                shown = _lesion_measures(series, pixels)
+                if shown is not None:
+                    looks["found" if found & set(members) else "missed"].append(shown)
+                if found & set(members):
                     continue
                 p_nod = probs[NODULE][pixels]
                 shares = np.bincount(np.argmax(probs[:, pixels], axis=0), minlength=len(MODEL_CLASSES))
@@ -182,8 +212,22 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
                         f"{c} {v:.0%}" for c, v in zip(MODEL_CLASSES, shares, strict=True) if v >= 0.01
                     )
                     + f"; found with: {', '.join(by)}"
+                    + (
+                        ""
+                        if shown is None
+                        else "; contrast {:+.2f} sd, outline gradient x{:.2f}".format(*shown)
+                    )
                 )
 
+    for kind, shown in looks.items():
+        if shown:
+            a = np.asarray(shown, dtype=np.float64)
+            print(
+                f"{len(a)} {kind} target lesions (ultrasound, median): contrast {np.median(a[:, 0]):+.2f} sd "
+                f"(|contrast| > 0.3: {np.mean(np.abs(a[:, 0]) > 0.3):.0%}), outline gradient "
+                f"x{np.median(a[:, 1]):.2f} (above x1.2: {np.mean(a[:, 1] > 1.2):.0%}; either: "
+                f"{np.mean((np.abs(a[:, 0]) > 0.3) | (a[:, 1] > 1.2)):.0%})"
+            )
     for kind, rows in tally.items():
         if rows:
             a = np.asarray(rows, dtype=np.float64)
