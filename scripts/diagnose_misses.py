@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -219,24 +220,25 @@ def main(model: str, data_dirs: list[Path], false_positives: bool = False) -> No
                     )
                 )
 
-    for kind, shown in looks.items():
-        if shown:
-            a = np.asarray(shown, dtype=np.float64)
-            print(
-                f"{len(a)} {kind} target lesions (ultrasound, median): contrast {np.median(a[:, 0]):+.2f} sd "
-                f"(|contrast| > 0.3: {np.mean(np.abs(a[:, 0]) > 0.3):.0%}), outline gradient "
-                f"x{np.median(a[:, 1]):.2f} (above x1.2: {np.mean(a[:, 1] > 1.2):.0%}; either: "
-                f"{np.mean((np.abs(a[:, 0]) > 0.3) | (a[:, 1] > 1.2)):.0%})"
-            )
-    for kind, rows in tally.items():
+    summaries: list[tuple[str, list[Any]]] = [(f"{k} target lesions", rows) for k, rows in looks.items()]
+    summaries += [(f"{k}s", rows) for k, rows in tally.items()]
+    for what, rows in summaries:
         if rows:
-            a = np.asarray(rows, dtype=np.float64)
-            print(
-                f"{len(a)} {kind}s (ultrasound, median): contrast {np.median(a[:, 0]):+.2f} sd "
-                f"(|contrast| > 0.3: {np.mean(np.abs(a[:, 0]) > 0.3):.0%}), outline gradient "
-                f"x{np.median(a[:, 1]):.2f}, fascia under it x{np.nanmedian(a[:, 2]):.2f} "
-                f"(below x0.8: {np.mean(a[:, 2] < 0.8):.0%})"
-            )
+            print(_look_summary(what, np.asarray(rows, dtype=np.float64)))
+
+
+def _look_summary(what: str, a: np.ndarray) -> str:
+    """Medians of the image measures of ``a`` (rows of :func:`_lesion_measures` or of
+    :func:`_image_measures`, whose third column is the fascia under a finding)."""
+    contrast, edge = a[:, 0], a[:, 1]
+    line = (
+        f"{len(a)} {what} (ultrasound, median): contrast {np.median(contrast):+.2f} sd "
+        f"(|contrast| > 0.3: {np.mean(np.abs(contrast) > 0.3):.0%}), outline gradient x{np.median(edge):.2f}"
+    )
+    if a.shape[1] == 2:
+        either = np.mean((np.abs(contrast) > 0.3) | (edge > 1.2))
+        return line + f" (above x1.2: {np.mean(edge > 1.2):.0%}; either: {either:.0%})"
+    return line + f", fascia under it x{np.nanmedian(a[:, 2]):.2f} (below x0.8: {np.mean(a[:, 2] < 0.8):.0%})"
 
 
 if __name__ == "__main__":
