@@ -76,6 +76,7 @@ class SyntheticSource:
     cache_dir: Path | None = None
     _maps: dict[int, np.ndarray | MRLabelStack] = field(default_factory=dict, repr=False)
     _subjects: dict[int, Any] = field(default_factory=dict, repr=False)
+    _pool: Path | None = field(default=None, repr=False)  # _pool_dir(), hashed once
 
     @classmethod
     def from_config(
@@ -152,6 +153,8 @@ class SyntheticSource:
     def _pool_dir(self) -> Path:
         """``cache_dir/<sha1>``: the key holds what a map depends on (the source's subjects, seed and
         anatomy, the model spacing and context) and the code of the modules that build it."""
+        if self._pool is not None:
+            return self._pool
         from .. import labels
         from ..phantoms import anatomy, deep, mr, randomise, ultrasound
 
@@ -168,7 +171,8 @@ class SyntheticSource:
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
         for module in (labels, anatomy, deep, randomise, ultrasound, mr):  # what the map builders import
             digest.update(Path(module.__file__ or "").read_bytes())
-        return self.cache_dir / digest.hexdigest()
+        self._pool = self.cache_dir / digest.hexdigest()
+        return self._pool
 
     def fixed_samples(self, n: int) -> list[dict[str, np.ndarray]]:
         """``n`` samples drawn once from ``seed`` (a validation set of the randomised look: the same
