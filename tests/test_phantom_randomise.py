@@ -63,6 +63,7 @@ def test_randomised_us_images_vary_around_a_fixed_anatomy(subject) -> None:
 def test_every_randomised_nodule_keeps_a_cue_against_the_fat() -> None:
     # an iso-echoic nodule without a capsule would be fat on the image with a nodule label
     capsule_cue = contrast_cue = 0
+    vs_fat_db = []
     for seed in range(3000):
         db = R._us_levels(np.random.default_rng(seed))
         capsule = db[Tissue.NODULE_CAPSULE] - db[Tissue.NODULE] >= 5.0
@@ -70,7 +71,12 @@ def test_every_randomised_nodule_keeps_a_cue_against_the_fat() -> None:
         assert capsule or contrast, seed
         capsule_cue += bool(capsule)
         contrast_cue += bool(contrast and not capsule)
+        vs_fat_db.append(db[Tissue.NODULE] - db[Tissue.DEEP_FAT])
     assert 0.8 < capsule_cue / 3000 < 0.9 and contrast_cue > 300  # the capsule is the usual cue
+    # most lipomas are hypoechoic (domain.md [S20]): a third or more of the draws, a sixth hyperechoic
+    vs_fat = np.array(vs_fat_db)
+    assert 0.33 < (vs_fat <= -3.0).mean() < 0.45 and 0.12 < (vs_fat >= 3.0).mean() < 0.24
+    assert vs_fat.min() >= -12.0 and vs_fat.max() <= 10.0
 
 
 def test_fat_mimics_are_partial_rings_in_fat_away_from_nodules() -> None:
