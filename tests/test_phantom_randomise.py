@@ -16,6 +16,7 @@ from backmice_vision.labels import FAT, Tissue, tissue_to_class_lut
 from backmice_vision.model.bundle import load_bundle
 from backmice_vision.model.inference import DEFAULT_MR, Preprocessing
 from backmice_vision.model.synthetic import MixedTrainingSet, SyntheticSource
+from backmice_vision.phantoms import labelmaps as L
 from backmice_vision.phantoms import randomise as R
 from backmice_vision.phantoms.anatomy import AnatomyConfig, make_subject
 
@@ -30,21 +31,21 @@ def subject():
 def test_us_label_map_is_a_contact_scan_of_random_field_of_view(subject) -> None:
     shapes = set()
     for seed in range(6):
-        lab = R.us_label_map(subject, np.random.default_rng(seed), 0.4, depth_mm=(20, 70), width_mm=(25, 60))
+        lab = L.us_label_map(subject, np.random.default_rng(seed), 0.4, depth_mm=(20, 70), width_mm=(25, 60))
         assert lab.dtype == np.uint8
         assert 20 / 0.4 - 1 <= lab.shape[0] <= 70 / 0.4 + 1 and 25 / 0.4 - 1 <= lab.shape[1] <= 60 / 0.4 + 1
         assert np.all(np.argmax(lab != Tissue.AIR, axis=0) <= 1)  # skin at the transducer face
         shapes.add(lab.shape)
     assert len(shapes) == 6
-    again = R.us_label_map(subject, np.random.default_rng(3), 0.4)
-    assert np.array_equal(again, R.us_label_map(subject, np.random.default_rng(3), 0.4))
+    again = L.us_label_map(subject, np.random.default_rng(3), 0.4)
+    assert np.array_equal(again, L.us_label_map(subject, np.random.default_rng(3), 0.4))
 
 
 def test_randomised_us_images_vary_around_a_fixed_anatomy(subject) -> None:
     rng = np.random.default_rng(0)
     lab = next(
         m
-        for m in (R.us_label_map(subject, rng, 0.4, p_on_nodule=1.0) for _ in range(20))
+        for m in (L.us_label_map(subject, rng, 0.4, p_on_nodule=1.0) for _ in range(20))
         if (m == Tissue.NODULE).sum() > 200
     )
     images = [R.randomise_us(lab, np.random.default_rng(s), 0.4) for s in range(24)]
@@ -98,7 +99,7 @@ def test_fat_mimics_are_partial_rings_in_fat_away_from_nodules() -> None:
 
 
 def test_randomised_us_hard_negatives_only_where_asked(subject) -> None:
-    lab = R.us_label_map(subject, np.random.default_rng(2), 0.4, p_on_nodule=1.0)
+    lab = L.us_label_map(subject, np.random.default_rng(2), 0.4, p_on_nodule=1.0)
     plain = R.randomise_us(lab, np.random.default_rng(7), 0.4)
     assert np.array_equal(plain, R.randomise_us(lab, np.random.default_rng(7), 0.4, fat_mimic_prob=0.0))
     assert not np.array_equal(plain, R.randomise_us(lab, np.random.default_rng(7), 0.4, fat_mimic_prob=1.0))
@@ -135,7 +136,7 @@ def test_fascia_dims_off_perpendicular_and_drops_out_only_on_the_fascia() -> Non
 
 
 def test_randomised_fascia_dimming_only_where_asked(subject) -> None:
-    lab = R.us_label_map(subject, np.random.default_rng(2), 0.4, p_on_nodule=1.0)
+    lab = L.us_label_map(subject, np.random.default_rng(2), 0.4, p_on_nodule=1.0)
     plain = R.randomise_us(lab, np.random.default_rng(7), 0.4)
     assert np.array_equal(plain, R.randomise_us(lab, np.random.default_rng(7), 0.4, fascia_dimming_prob=0.0))
     dimmed = R.randomise_us(lab, np.random.default_rng(7), 0.4, fascia_dimming_prob=1.0)
@@ -183,7 +184,7 @@ def test_randomised_us_has_near_field_clutter_in_some_draws(monkeypatch) -> None
 
 def test_mr_label_stack_and_randomised_contrast(subject) -> None:
     rng = np.random.default_rng(1)
-    stack = R.mr_label_stack(subject, rng, 0.9, context=1)
+    stack = L.mr_label_stack(subject, rng, 0.9, context=1)
     labels = stack.labels
     assert labels.shape[0] == 3 and labels.shape[1] == labels.shape[2]
     assert not np.array_equal(labels[0], labels[2])  # neighbouring slices, 3-6 mm apart
@@ -212,7 +213,7 @@ def test_randomised_mr_nodules_keep_a_cue_unless_hidden() -> None:
 
 def test_randomised_mr_has_the_partial_volume_of_a_thick_slice(subject) -> None:
     rng = np.random.default_rng(0)
-    stacks = [R.mr_label_stack(subject, rng, 0.6, fov_mm=(150, 200), p_on_nodule=1.0) for _ in range(4)]
+    stacks = [L.mr_label_stack(subject, rng, 0.6, fov_mm=(150, 200), p_on_nodule=1.0) for _ in range(4)]
     lut = np.ones(256, np.float32)  # fat, and everything else, 1; the capsule 0
     lut[Tissue.NODULE_CAPSULE] = 0.0
     capsule_signal = []
@@ -235,7 +236,7 @@ def test_randomised_mr_labels_fat_signal_nodules_on_fat_suppression_as_fat(subje
     rng = np.random.default_rng(3)
     stack = next(
         s
-        for s in (R.mr_label_stack(subject, rng, 0.9, p_on_nodule=1.0) for _ in range(20))
+        for s in (L.mr_label_stack(subject, rng, 0.9, p_on_nodule=1.0) for _ in range(20))
         if (s.labels == Tissue.NODULE).sum() > 50
     )
     hidden = shown_too = 0
@@ -343,6 +344,22 @@ def test_training_mixes_synthetic_images_and_resumes_exactly(tmp_path: Path) -> 
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_label_map_pool_key_follows_the_map_code_not_the_appearance_code(tmp_path: Path, monkeypatch) -> None:
+    entry = {"type": "synthetic", "subjects": 2, "pool": 4, "seed": 5}
+
+    def pool_dir() -> Path:
+        return SyntheticSource.from_config(entry, US_PREP, tmp_path)._pool_dir()
+
+    key = pool_dir()
+    edited = tmp_path / "edited.py"
+    edited.write_text(Path(R.__file__).read_text() + "\n# an appearance change\n")
+    monkeypatch.setattr(R, "__file__", str(edited))
+    assert pool_dir() == key  # new nodule echogenicities keep the cached maps
+    edited.write_text(Path(L.__file__).read_text() + "\n# a change of the probe planes\n")
+    monkeypatch.setattr(L, "__file__", str(edited))
+    assert pool_dir() != key
+
+
 @pytest.mark.parametrize("prep", [US_PREP, DEFAULT_MR], ids=["US", "MR"])
 def test_label_map_pool_on_disk_gives_the_maps_a_fresh_build_gives(prep, tmp_path: Path, monkeypatch) -> None:
     entry = {"type": "synthetic", "subjects": 2, "pool": 4, "seed": 5, "anatomy": {"force_nodules": 1}}
@@ -360,7 +377,7 @@ def test_label_map_pool_on_disk_gives_the_maps_a_fresh_build_gives(prep, tmp_pat
         if isinstance(a, np.ndarray):
             assert isinstance(b, np.ndarray) and b.dtype == np.uint8 and np.array_equal(a, b)
         else:
-            assert isinstance(b, R.MRLabelStack) and np.array_equal(a.labels, b.labels)
+            assert isinstance(b, L.MRLabelStack) and np.array_equal(a.labels, b.labels)
             assert len(a.refined) == len(b.refined) == 3
             for (ia, ta), (ib, tb) in zip(a.refined, b.refined, strict=True):
                 assert np.array_equal(ia, ib) and np.array_equal(ta, tb) and tb.dtype == ta.dtype

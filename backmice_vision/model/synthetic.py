@@ -44,7 +44,7 @@ from ..types import FrameSource, ImageSeries, UltrasoundRegion
 from .inference import Preprocessing, _scale
 
 if TYPE_CHECKING:
-    from ..phantoms.randomise import MRLabelStack
+    from ..phantoms.labelmaps import MRLabelStack
 
 _CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
 POOL_FORMAT = "label-map/1"  # the on-disk layout of a cached label map (_write_map)
@@ -142,13 +142,13 @@ class SyntheticSource:
         return self._maps[p]
 
     def _build_map(self, p: int) -> np.ndarray | MRLabelStack:
-        from ..phantoms import randomise
+        from ..phantoms import labelmaps
 
         rng = np.random.default_rng([self.seed, p, 0x5EED])
         subject = self._subject(p % self.subjects)
         if self.prep.modality == "US":
-            return randomise.us_label_map(subject, rng, self.prep.spacing_mm)
-        return randomise.mr_label_stack(subject, rng, self.prep.spacing_mm, self.prep.context)
+            return labelmaps.us_label_map(subject, rng, self.prep.spacing_mm)
+        return labelmaps.mr_label_stack(subject, rng, self.prep.spacing_mm, self.prep.context)
 
     def _pool_dir(self) -> Path:
         """``cache_dir/<sha1>``: the key holds what a map depends on (the source's subjects, seed and
@@ -156,7 +156,7 @@ class SyntheticSource:
         if self._pool is not None:
             return self._pool
         from .. import labels
-        from ..phantoms import anatomy, deep, mr, randomise, ultrasound
+        from ..phantoms import anatomy, deep, labelmaps, mr, ultrasound
 
         assert self.cache_dir is not None
         settings = {
@@ -169,7 +169,7 @@ class SyntheticSource:
             "anatomy": self.anatomy,
         }
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
-        for module in (labels, anatomy, deep, randomise, ultrasound, mr):  # what the map builders import
+        for module in (labels, anatomy, deep, labelmaps, ultrasound, mr):  # what the map builders import
             digest.update(Path(module.__file__ or "").read_bytes())
         self._pool = self.cache_dir / digest.hexdigest()
         return self._pool
@@ -222,7 +222,7 @@ class SyntheticSource:
 
 def _read_map(path: Path) -> np.ndarray | MRLabelStack | None:
     """A label map written by :func:`_write_map`, or None when the file is unreadable (then rebuilt)."""
-    from ..phantoms.randomise import MRLabelStack
+    from ..phantoms.labelmaps import MRLabelStack
 
     try:
         with np.load(path) as z:
