@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := build/demo
 EVAL_DIR := build/eval
 
-.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm evaluate-sets-fresh evaluate-sets-fifth evaluate-sets-sixth evaluate-sets-seventh evaluate-sets-eighth evaluate-sets-ninth evaluate-sets-tenth compare wheel-check
+.PHONY: demo test lint venv clean gallery evaluate evaluate-sets evaluate-sets-large evaluate-sets-confirm evaluate-sets-fresh evaluate-sets-fifth evaluate-sets-sixth evaluate-sets-seventh evaluate-sets-eighth evaluate-sets-ninth evaluate-sets-tenth evaluate-sets-eleventh evaluate-sets-twelfth compare wheel-check
 
 venv: $(STAMP)
 
@@ -57,7 +57,9 @@ evaluate: $(EVAL_DIR)/us_shifted/.done $(EVAL_DIR)/mr_shifted/.done
 #   eval8 (40, US):   before any result of the from-scratch run on every source (scratch v2, US 0.6.0);
 #   eval9 (40, US):   before any result of its stage 2 (configs/train_us_dr_large_scratch_v2_stage2.yaml);
 #   eval10 (40, MR):  before any result of the MR run from scratch (configs/train_mr_dr_large_scratch.yaml);
-#   eval11 (40, US):  before any result of US v3 (configs/train_us_dr_large_scratch_v3.yaml: hypoechoic nodules).
+#   eval11 (40, US):  before any result of US v3 (configs/train_us_dr_large_scratch_v3.yaml: hypoechoic nodules);
+#   eval12 (40, US):  before any result of v3's stage 2 (configs/train_us_dr_large_scratch_v3_stage2.yaml);
+#   eval13 (40, MR):  before any result of the MR run from scratch past epoch 15 (its second block).
 # `make build/eval3/us_stress/.done` makes one set.
 SEED_eval2/us_shifted := 9101
 SEED_eval2/mr_shifted := 9202
@@ -85,6 +87,10 @@ SEED_eval10/mr_shifted := 9262
 SEED_eval10/mr_stress := 9464
 SEED_eval11/us_shifted := 9195
 SEED_eval11/us_stress := 9397
+SEED_eval12/us_shifted := 9199
+SEED_eval12/us_stress := 9399
+SEED_eval13/mr_shifted := 9272
+SEED_eval13/mr_stress := 9474
 EVAL2_CASES ?= 20
 # PHANTOM_WORKERS=1 generates the sets on one core, beside a training run on the other.
 PHANTOM_WORKERS ?= 2
@@ -107,6 +113,8 @@ evaluate-sets-seventh: build/eval8/us_shifted/.done build/eval8/us_stress/.done
 evaluate-sets-eighth: build/eval9/us_shifted/.done build/eval9/us_stress/.done
 evaluate-sets-ninth: build/eval10/mr_shifted/.done build/eval10/mr_stress/.done
 evaluate-sets-tenth: build/eval11/us_shifted/.done build/eval11/us_stress/.done
+evaluate-sets-eleventh: build/eval12/us_shifted/.done build/eval12/us_stress/.done
+evaluate-sets-twelfth: build/eval13/mr_shifted/.done build/eval13/mr_stress/.done
 
 compare: evaluate-sets
 	bash scripts/evaluate_candidates.sh
