@@ -253,6 +253,7 @@ class SeriesRecord:
     detect_s: float = 0.0
     n_images: int = 1  # FROC denominator: ultrasound instances, or 1 for an MR series
     lesion_sizes_mm: list[float] = field(default_factory=list)  # longest diameter of each target
+    lesion_cut_by_border: list[bool] = field(default_factory=list)  # each target: cut by the image edge
     kind: str = ""  # ground truth "kind": us_single, us_cine, us_dual, mr_axial, ...
     photometric: str = ""  # ultrasound photometric interpretation of the export
 
@@ -332,6 +333,11 @@ def evaluate_series(
         lesion_scores=[best.get(g) for g in range(len(groups)) if targets[g]],
         lesion_sizes_mm=[
             max(max(truth[t].get("diameters_mm") or [0.0]) for t in members)
+            for g, members in enumerate(groups)
+            if targets[g]
+        ],
+        lesion_cut_by_border=[
+            any(bool(truth[t].get("truncated", False)) for t in members)
             for g, members in enumerate(groups)
             if targets[g]
         ],
@@ -468,21 +474,40 @@ def _sens_at(lesions: list[float | None], fps: list[float], n_images: int, rate:
     return sensitivity_at_rate(lesions, fps, max(n_images, 1), rate)
 
 
-def _by_size(recs: list[SeriesRecord], n_images: int) -> dict[str, Any]:
-    """Sensitivity per target size band at the modality's target false-positive rate (the false positives
-    of the whole set: a false positive has no size)."""
+def _by_lesion(recs: list[SeriesRecord], n_images: int, group: Any, names: list[str]) -> dict[str, Any]:
+    """Sensitivity of the target lesions in each group at the modality's target false-positive rate (the
+    false positives of the whole set: a false positive has no size or position). ``group(record, i)``
+    names the group of target ``i`` of a record (one of ``names``, or None for none)."""
     fps = [s for r in recs for s in r.fp_scores]
     rate = TARGET_FP_RATE.get(recs[0].modality, 0.25) if recs else 0.25
     out: dict[str, Any] = {}
-    for lo, hi in SIZE_BANDS_MM:
-        lesions = [
-            s for r in recs for s, d in zip(r.lesion_scores, r.lesion_sizes_mm, strict=False) if lo <= d < hi
-        ]
-        out[f"{lo:g}-{hi:g}"] = {
-            "n": len(lesions),
-            f"sensitivity_at_{rate:g}": _sens_at(lesions, fps, n_images, rate),
-        }
+    for name in names:
+        lesions = [s for r in recs for i, s in enumerate(r.lesion_scores) if group(r, i) == name]
+        out[name] = {"n": len(lesions), f"sensitivity_at_{rate:g}": _sens_at(lesions, fps, n_images, rate)}
     return out
+
+
+def _by_size(recs: list[SeriesRecord], n_images: int) -> dict[str, Any]:
+    """:func:`_by_lesion` per longest-diameter band (:data:`SIZE_BANDS_MM`)."""
+
+    def band(r: SeriesRecord, i: int) -> str | None:
+        d = r.lesion_sizes_mm[i] if i < len(r.lesion_sizes_mm) else -1.0
+        return next((f"{lo:g}-{hi:g}" for lo, hi in SIZE_BANDS_MM if lo <= d < hi), None)
+
+    return _by_lesion(recs, n_images, band, [f"{lo:g}-{hi:g}" for lo, hi in SIZE_BANDS_MM])
+
+
+BORDER_GROUPS = ("inside the image", "cut by the image border")
+
+
+def _by_border(recs: list[SeriesRecord], n_images: int) -> dict[str, Any]:
+    """:func:`_by_lesion` for target lesions inside the image and those the image border cuts (on any
+    frame: the ground truth's ``truncated``)."""
+
+    def where(r: SeriesRecord, i: int) -> str | None:
+        return BORDER_GROUPS[int(r.lesion_cut_by_border[i])] if i < len(r.lesion_cut_by_border) else None
+
+    return _by_lesion(recs, n_images, where, list(BORDER_GROUPS))
 
 
 def _breakdown(recs: list[SeriesRecord], key: Any) -> dict[str, Any]:
@@ -562,6 +587,7 @@ def summarise(
             ),
             "fp_per_image_no_target": _no_target_fp(recs, operating_threshold),
             "by_size_mm": _by_size(recs, n_images),
+            "by_border": _by_border(recs, n_images),
             "by_kind": _breakdown(recs, lambda r: r.kind),
             "by_photometric": _breakdown(recs, lambda r: r.photometric) if modality == "US" else {},
             "detect_seconds_per_series": _stats([r.detect_s for r in recs]),
@@ -854,6 +880,8 @@ def _write_report(
                 "series_probability": r.series_probability,
                 "n_images": r.n_images,
                 "lesion_scores": r.lesion_scores,  # per target lesion: its finding's confidence, or null
+                "lesion_sizes_mm": r.lesion_sizes_mm,  # per target lesion: its longest diameter
+                "lesion_cut_by_border": r.lesion_cut_by_border,  # per target lesion: the image edge cuts it
                 "fp_scores": r.fp_scores,
                 # per hit lesion with a known defect: [index among the series ground-truth lesions (a cine
                 # nodule is one), defect probability, defect present]
@@ -973,6 +1001,13 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
             value = next((v for k, v in b.items() if k.startswith("sensitivity_at")), None)
             cells.append(f"{_fmt(value)} (n={b.get('n', 0)})")
         row(f"sensitivity, nodules {band} mm (at the target FP rate)", cells)
+    for where in BORDER_GROUPS:
+        cells = []
+        for n in names:
+            b = mods[n].get("by_border", {}).get(where, {})
+            value = next((v for k, v in b.items() if k.startswith("sensitivity_at")), None)
+            cells.append(f"{_fmt(value)} (n={b.get('n', 0)})")
+        row(f"sensitivity, nodules {where} (at the target FP rate)", cells)
     for group in ("by_kind", "by_photometric"):
         keys = sorted({k for n in names for k in mods[n].get(group, {})})
         for key in keys:

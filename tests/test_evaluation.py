@@ -211,6 +211,11 @@ def test_evaluate_series_and_summarise_on_real_findings(tmp_path):
     cut = evaluate_series(series, nodules, series_p, larger, _truth_mask(), case="case_0002")
     assert cut.errors_mm["longest_diameter"] == [] and cut.errors_mm["longest_diameter_rel"] == []
     assert cut.errors_mm["depth"] == rec15.errors_mm["depth"] and cut.lesion_scores == rec15.lesion_scores
+    # its sensitivity is reported apart from that of the nodules inside the image
+    assert rec15.lesion_cut_by_border == [False, False] and cut.lesion_cut_by_border == [True, False]
+    by_border = summarise([cut])["MR"]["by_border"]
+    assert by_border["cut by the image border"] == {"n": 1, "sensitivity_at_0.5": 1.0}
+    assert by_border["inside the image"] == {"n": 1, "sensitivity_at_0.5": 0.0}
 
     empty = ImageSeries(**{**series.__dict__, "series_instance_uid": "1.2.3.9"})
     empty_rec = evaluate_series(empty, [], 0.0, {"folder": "x", "nodules": []}, None, case="case_0001")
