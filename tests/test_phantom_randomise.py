@@ -344,20 +344,58 @@ def test_training_mixes_synthetic_images_and_resumes_exactly(tmp_path: Path) -> 
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
 
 
-def test_label_map_pool_key_follows_the_map_code_not_the_appearance_code(tmp_path: Path, monkeypatch) -> None:
+def test_label_map_pool_key_follows_the_map_code_of_its_modality(tmp_path: Path, monkeypatch) -> None:
+    from backmice_vision.phantoms import ultrasound
+
     entry = {"type": "synthetic", "subjects": 2, "pool": 4, "seed": 5}
 
-    def pool_dir() -> Path:
-        return SyntheticSource.from_config(entry, US_PREP, tmp_path)._pool_dir()
+    def keys() -> tuple[Path, ...]:
+        return tuple(
+            SyntheticSource.from_config(entry, p, tmp_path)._pool_dir() for p in (US_PREP, DEFAULT_MR)
+        )
 
-    key = pool_dir()
+    us_key, mr_key = keys()
+    assert us_key != mr_key
     edited = tmp_path / "edited.py"
     edited.write_text(Path(R.__file__).read_text() + "\n# an appearance change\n")
     monkeypatch.setattr(R, "__file__", str(edited))
-    assert pool_dir() == key  # new nodule echogenicities keep the cached maps
-    edited.write_text(Path(L.__file__).read_text() + "\n# a change of the probe planes\n")
-    monkeypatch.setattr(L, "__file__", str(edited))
-    assert pool_dir() != key
+    assert keys() == (us_key, mr_key)  # new nodule echogenicities keep the cached maps
+    edited.write_text(Path(ultrasound.__file__).read_text() + "\n# a change of the probe planes\n")
+    monkeypatch.setattr(ultrasound, "__file__", str(edited))
+    assert keys()[0] != us_key and keys()[1] == mr_key
+    monkeypatch.undo()
+
+    def placed_elsewhere(subject, rng, spacing_mm, offset_fraction=0.0):  # another US map builder
+        return L.us_label_map(subject, rng, spacing_mm, offset_fraction=0.5)
+
+    monkeypatch.setattr(L, "us_label_map", placed_elsewhere)
+    assert keys()[0] != us_key and keys()[1] == mr_key
+    monkeypatch.undo()
+    entry["nodule_offset_fraction"] = 0.5  # another placement: another pool
+    assert SyntheticSource.from_config(entry, US_PREP, tmp_path)._pool_dir() != us_key
+
+
+def test_nodule_offset_puts_the_nodule_anywhere_across_the_image(subject) -> None:
+    def centres(offset_fraction: float) -> np.ndarray:
+        """Column of the nodule's centre as a fraction of the image width, per map showing a nodule."""
+        rng = np.random.default_rng(4)
+        out = []
+        for _ in range(40):
+            lab = L.us_label_map(subject, rng, 0.4, p_on_nodule=1.0, offset_fraction=offset_fraction)
+            cols = np.nonzero((lab == Tissue.NODULE).any(axis=0))[0]
+            if cols.size:
+                out.append((cols.min() + cols.max()) / 2 / (lab.shape[1] - 1))
+        return np.asarray(out)
+
+    central, spread = centres(0.0), centres(0.5)
+    assert len(central) >= 30 and len(spread) >= 25
+    assert np.all(np.abs(central - 0.5) < 0.3)  # within 6 mm of the centre of a >= 25 mm image
+    assert np.mean(np.abs(spread - 0.5) > 0.3) > 0.2  # at the outer fifths in a fair share of the maps
+    assert np.mean(np.abs(spread - 0.5) < 0.2) > 0.2  # and still in the middle in others
+    with pytest.raises(ConfigError, match="nodule_offset_fraction must be between 0 and 1"):
+        SyntheticSource.from_config({"type": "synthetic", "nodule_offset_fraction": 2.0}, US_PREP)
+    with pytest.raises(ConfigError, match="nodule_offset_fraction is for ultrasound only"):
+        SyntheticSource.from_config({"type": "synthetic", "nodule_offset_fraction": 0.5}, DEFAULT_MR)
 
 
 @pytest.mark.parametrize("prep", [US_PREP, DEFAULT_MR], ids=["US", "MR"])

@@ -28,29 +28,33 @@ tiles of :func:`~backmice_vision.model.data.series_samples` (before the training
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from .. import labels as labels_module
 from ..errors import ConfigError
 from ..fileio import write_atomic
 from ..labels import tissue_to_class_lut
+from ..phantoms import anatomy, deep, labelmaps, mr, randomise, ultrasound
+from ..phantoms.labelmaps import MRLabelStack
 from ..types import FrameSource, ImageSeries, UltrasoundRegion
 from .inference import Preprocessing, _scale
 
-if TYPE_CHECKING:
-    from ..phantoms.labelmaps import MRLabelStack
+# The phantom modules are imported here, with this module, not where they are used: a DataLoader worker
+# forked in a later epoch then runs the code the training started with, not a file edited since.
 
 _CLASS_LUT = np.asarray(tissue_to_class_lut(), np.uint8)
 POOL_FORMAT = "label-map/1"  # the on-disk layout of a cached label map (_write_map)
 SYNTHETIC_KEYS = frozenset(
     {"type", "share", "subjects", "pool", "seed", "anatomy", "samples", "calibration_samples"}
-    | {"fat_mimic_prob", "fascia_dimming_prob"}
+    | {"fat_mimic_prob", "fascia_dimming_prob", "nodule_offset_fraction"}
 )
 
 
@@ -63,7 +67,9 @@ class SyntheticSource:
     written there (``<cache_dir>/<key>/<p>.npz``) for later runs. ``fat_mimic_prob``: the
     share of ultrasound images given fat lobules outlined by partial septa (hard negatives, see
     :func:`~backmice_vision.phantoms.randomise.randomise_us`); ``fascia_dimming_prob`` the share given
-    the fascia's specular dimming and dropouts (hard negatives for a fascia gap).
+    the fascia's specular dimming and dropouts (hard negatives for a fascia gap);
+    ``nodule_offset_fraction`` how far an ultrasound plane over a nodule may move it off the image
+    centre, as a fraction of the image width (:func:`~backmice_vision.phantoms.labelmaps.us_label_map`).
     """
 
     prep: Preprocessing
@@ -73,6 +79,7 @@ class SyntheticSource:
     anatomy: dict[str, Any] = field(default_factory=dict)
     fat_mimic_prob: float = 0.0
     fascia_dimming_prob: float = 0.0
+    nodule_offset_fraction: float = 0.0
     cache_dir: Path | None = None
     _maps: dict[int, np.ndarray | MRLabelStack] = field(default_factory=dict, repr=False)
     _subjects: dict[int, Any] = field(default_factory=dict, repr=False)
@@ -94,16 +101,18 @@ class SyntheticSource:
                 anatomy=dict(entry.get("anatomy") or {}),
                 fat_mimic_prob=float(entry.get("fat_mimic_prob", 0.0)),
                 fascia_dimming_prob=float(entry.get("fascia_dimming_prob", 0.0)),
+                nodule_offset_fraction=float(entry.get("nodule_offset_fraction", 0.0)),
                 cache_dir=cache_dir,
             )
         except (TypeError, ValueError):
             raise ConfigError(
-                "synthetic source: subjects, pool and seed must be integers, fat_mimic_prob and "
-                "fascia_dimming_prob numbers"
+                "synthetic source: subjects, pool and seed must be integers, fat_mimic_prob, "
+                "fascia_dimming_prob and nodule_offset_fraction numbers"
             ) from None
         for key, prob in (
             ("fat_mimic_prob", src.fat_mimic_prob),
             ("fascia_dimming_prob", src.fascia_dimming_prob),
+            ("nodule_offset_fraction", src.nodule_offset_fraction),
         ):
             if not 0.0 <= prob <= 1.0:
                 raise ConfigError(f"synthetic source: {key} must be between 0 and 1")
@@ -116,17 +125,13 @@ class SyntheticSource:
                 raise ConfigError(f"synthetic source: {key} must be an integer >= 0")
         if entry.get("calibration_samples") and prep.modality != "US":
             raise ConfigError("synthetic source: calibration_samples is for ultrasound only")
-        from ..phantoms.anatomy import AnatomyConfig
-
-        AnatomyConfig.from_dict(src.anatomy)  # fail at start, not in the middle of an epoch
+        anatomy.AnatomyConfig.from_dict(src.anatomy)  # fail at start, not in the middle of an epoch
         return src
 
     def _subject(self, index: int) -> Any:
         if index not in self._subjects:
-            from ..phantoms.anatomy import AnatomyConfig, make_subject
-
-            self._subjects[index] = make_subject(
-                self.seed * 100_003 + index, AnatomyConfig.from_dict(self.anatomy)
+            self._subjects[index] = anatomy.make_subject(
+                self.seed * 100_003 + index, anatomy.AnatomyConfig.from_dict(self.anatomy)
             )
         return self._subjects[index]
 
@@ -142,22 +147,20 @@ class SyntheticSource:
         return self._maps[p]
 
     def _build_map(self, p: int) -> np.ndarray | MRLabelStack:
-        from ..phantoms import labelmaps
-
         rng = np.random.default_rng([self.seed, p, 0x5EED])
         subject = self._subject(p % self.subjects)
         if self.prep.modality == "US":
-            return labelmaps.us_label_map(subject, rng, self.prep.spacing_mm)
+            return labelmaps.us_label_map(
+                subject, rng, self.prep.spacing_mm, offset_fraction=self.nodule_offset_fraction
+            )
         return labelmaps.mr_label_stack(subject, rng, self.prep.spacing_mm, self.prep.context)
 
     def _pool_dir(self) -> Path:
         """``cache_dir/<sha1>``: the key holds what a map depends on (the source's subjects, seed and
-        anatomy, the model spacing and context) and the code of the modules that build it."""
+        anatomy, the model spacing and context, the plane placement) and the code that builds it: the
+        modality's map builder and the modules it uses, not the appearance code (:mod:`.randomise`)."""
         if self._pool is not None:
             return self._pool
-        from .. import labels
-        from ..phantoms import anatomy, deep, labelmaps, mr, ultrasound
-
         assert self.cache_dir is not None
         settings = {
             "format": POOL_FORMAT,
@@ -167,9 +170,13 @@ class SyntheticSource:
             "seed": self.seed,
             "subjects": self.subjects,
             "anatomy": self.anatomy,
+            "nodule_offset_fraction": self.nodule_offset_fraction,
         }
+        us = self.prep.modality == "US"
+        builder = labelmaps.us_label_map if us else labelmaps.mr_label_stack
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
-        for module in (labels, anatomy, deep, labelmaps, ultrasound, mr):  # what the map builders import
+        digest.update(inspect.getsource(builder).encode())
+        for module in (labels_module, anatomy, deep, ultrasound if us else mr):  # what the builder uses
             digest.update(Path(module.__file__ or "").read_bytes())
         self._pool = self.cache_dir / digest.hexdigest()
         return self._pool
@@ -185,8 +192,6 @@ class SyntheticSource:
         :meth:`fixed_samples`) as calibrated single-frame series at the model spacing, with their class
         labels uint8 ``(1, rows, cols)``: detections on them calibrate the confidence for looks other
         than the physics simulator's. Ultrasound only (a randomised MR stack has no slice geometry)."""
-        from ..phantoms import randomise
-
         if self.prep.modality != "US":
             raise ConfigError("synthetic source: calibration_samples is for ultrasound only")
         rng = np.random.default_rng([self.seed, n, 0xCA1])
@@ -205,8 +210,6 @@ class SyntheticSource:
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One sample with a new appearance for a pool label map chosen by ``rng``."""
-        from ..phantoms import randomise
-
         labels = self.label_map(int(rng.integers(self.pool)))
         if isinstance(labels, np.ndarray):  # ultrasound
             image = randomise.randomise_us(
@@ -222,7 +225,6 @@ class SyntheticSource:
 
 def _read_map(path: Path) -> np.ndarray | MRLabelStack | None:
     """A label map written by :func:`_write_map`, or None when the file is unreadable (then rebuilt)."""
-    from ..phantoms.labelmaps import MRLabelStack
 
     try:
         with np.load(path) as z:

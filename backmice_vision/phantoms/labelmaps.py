@@ -17,10 +17,6 @@ import numpy as np
 from .anatomy import Subject
 
 
-def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi))
-
-
 def us_label_map(
     subject: Subject,
     rng: np.random.Generator,
@@ -30,17 +26,27 @@ def us_label_map(
     p_on_nodule: float = 0.7,
     p_longitudinal: float = 0.3,
     max_tilt_deg: float = 10.0,
+    offset_fraction: float = 0.0,
 ) -> np.ndarray:
     """Tissue labels uint8 ``(rows, cols)`` of a random probe plane at ``spacing_mm`` per pixel.
 
     Random field of view (``depth_mm``, ``width_mm``), transverse or longitudinal, centred over a nodule
     with probability ``p_on_nodule``, with the probe flattening the skin (as the physics simulator does).
+    ``offset_fraction`` moves that nodule along the array by up to this fraction of the image width
+    either way (at least 6 mm): 0.5 puts its centre anywhere across the image, at its edge as often as
+    in the middle, where 0 keeps it within 6 mm of the centre.
     """
     from .ultrasound import conformed_points, plan_planes
 
-    (plane,) = plan_planes(subject, rng, 1, p_on_nodule, max_tilt_deg, p_longitudinal)
-    rows = max(16, round(_uniform(rng, *depth_mm) / spacing_mm))
-    cols = max(16, round(_uniform(rng, *width_mm) / spacing_mm))
+    if offset_fraction <= 0.0:  # the draws in the order of the maps built before offset_fraction
+        (plane,) = plan_planes(subject, rng, 1, p_on_nodule, max_tilt_deg, p_longitudinal)
+        rows = max(16, round(float(rng.uniform(*depth_mm)) / spacing_mm))
+        cols = max(16, round(float(rng.uniform(*width_mm)) / spacing_mm))
+    else:
+        rows = max(16, round(float(rng.uniform(*depth_mm)) / spacing_mm))
+        cols = max(16, round(float(rng.uniform(*width_mm)) / spacing_mm))
+        jitter_mm = max(6.0, offset_fraction * cols * spacing_mm)
+        (plane,) = plan_planes(subject, rng, 1, p_on_nodule, max_tilt_deg, p_longitudinal, jitter_mm)
     pts = conformed_points(subject, plane, rows, cols, spacing_mm)
     return np.asarray(subject.labels_at(pts), np.uint8)
 
@@ -79,7 +85,7 @@ def mr_label_stack(
     from .mr import lesion_boxes, partial_volume_pixels, voxel_sub_offsets
 
     axial = bool(rng.random() < p_axial)
-    tilt = math.radians(_uniform(rng, -15.0, 15.0) if axial else _uniform(rng, -8.0, 8.0))
+    tilt = math.radians(float(rng.uniform(-15.0, 15.0)) if axial else float(rng.uniform(-8.0, 8.0)))
     rot = np.array([[1, 0, 0], [0, math.cos(tilt), -math.sin(tilt)], [0, math.sin(tilt), math.cos(tilt)]])
     if axial:
         row_dir, col_dir = rot @ np.array([1.0, 0, 0]), rot @ np.array([0, 1.0, 0])
@@ -94,14 +100,16 @@ def mr_label_stack(
         nod = subject.nodules[int(rng.integers(len(subject.nodules)))]
         target = np.asarray(nod.center_mm, float) + rng.uniform(-0.5, 0.5, 3) * np.asarray(nod.semi_axes_mm)
     else:
-        x = _uniform(rng, -100.0, 100.0) if not axial else _uniform(rng, -10.0, 10.0)
-        target = np.array([x, _uniform(rng, -0.2, 0.7) * subject.half_ap_mm, _uniform(rng, -70.0, 30.0)])
-    fov = _uniform(rng, *fov_mm)
+        x = float(rng.uniform(-100.0, 100.0)) if not axial else float(rng.uniform(-10.0, 10.0))
+        target = np.array(
+            [x, float(rng.uniform(-0.2, 0.7)) * subject.half_ap_mm, float(rng.uniform(-70.0, 30.0))]
+        )
+    fov = float(rng.uniform(*fov_mm))
     n = max(32, round(fov / spacing_mm))
     # centre: the target in the through-plane direction; in-plane a shift so the target is not always central
     centre = target + (rng.uniform(-0.3, 0.3, 2) * fov) @ np.stack([row_dir, col_dir])
-    step = _uniform(rng, 3.0, 6.0)
-    thickness = step * _uniform(rng, 0.75, 1.0)
+    step = float(rng.uniform(3.0, 6.0))
+    thickness = step * float(rng.uniform(0.75, 1.0))
     sub_offsets = voxel_sub_offsets(row_dir, col_dir, thickness, (spacing_mm, spacing_mm))
     boxes = lesion_boxes(subject, margin=thickness / 2 + spacing_mm)
     jj, ii = np.meshgrid(np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32))

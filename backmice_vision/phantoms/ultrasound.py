@@ -425,18 +425,21 @@ def plan_planes(
     p_on_nodule: float = 0.7,
     max_tilt_deg: float = 5.0,
     p_longitudinal: float = 0.0,
+    jitter_mm: float = 6.0,
 ) -> list[ScanPlane]:
     """Scan planes with the contact point on the skin, transverse or (``p_longitudinal``) longitudinal.
 
     With probability ``p_on_nodule`` (when the subject has nodules) a plane is centred over a random
-    nodule: jitter up to 6 mm along the array and an offset across it within 60 % of the nodule's
+    nodule: an offset along the array up to ``jitter_mm`` either way (the nodule off the image centre, at
+    its edge when ``jitter_mm`` reaches half the image width) and across it within 60 % of the nodule's
     semi-axis, so the plane cuts it. Otherwise the plane is placed anywhere over the lumbosacral back
     (``|x|`` 10-100 mm, ``z`` -60..+30 mm), which may or may not contain a nodule (the labels tell).
     The beam follows the skin normal, tilted heel-toe by up to ``max_tilt_deg``.
     """
-    if n < 0 or not 0.0 <= p_on_nodule <= 1.0 or not 0.0 <= p_longitudinal <= 1.0:
+    if n < 0 or not 0.0 <= p_on_nodule <= 1.0 or not 0.0 <= p_longitudinal <= 1.0 or jitter_mm < 0:
         raise ConfigError(
-            f"plan_planes needs n >= 0 and probabilities in [0, 1], got {n}, {p_on_nodule}, {p_longitudinal}"
+            f"plan_planes needs n >= 0, probabilities in [0, 1] and jitter_mm >= 0, got {n}, {p_on_nodule}, "
+            f"{p_longitudinal}, {jitter_mm}"
         )
     nodules = list(subject.nodules)
     planes = []
@@ -448,9 +451,9 @@ def plan_planes(
             cx, _, cz = (float(v) for v in nod.center_mm)
             if longitudinal:
                 x = cx + float(rng.uniform(-0.6, 0.6)) * float(nod.semi_axes_mm[0])
-                z0 = cz + float(rng.uniform(-6.0, 6.0))
+                z0 = cz + float(rng.uniform(-jitter_mm, jitter_mm))
             else:
-                x = cx + float(rng.uniform(-6.0, 6.0))
+                x = cx + float(rng.uniform(-jitter_mm, jitter_mm))
                 z0 = cz + float(rng.uniform(-0.6, 0.6)) * float(nod.semi_axes_mm[2])
             target = np.array([x, float(nod.center_mm[1]), z0])
             lateral, beam = _orientation(subject, x, z0, tilt, longitudinal)
