@@ -1,8 +1,8 @@
 """Tissue label maps of random probe planes (US) and slice stacks (MR) through a phantom subject.
 
 The training pool of domain-randomised images (:mod:`backmice_vision.model.synthetic`) caches these maps on
-disk, keyed by the code of this module and of what it imports, so the appearance code of
-:mod:`.randomise` can change without invalidating the pool. Maps are uint8
+disk, keyed by the source of the modality's builder here and the modules it uses, so the appearance code
+of :mod:`.randomise` can change without invalidating the pool. Maps are uint8
 :class:`~backmice_vision.labels.Tissue` labels sampled directly at the model spacing ``spacing_mm``;
 rows are depth for ultrasound (row 0 at the transducer face) and the DICOM column direction for MR.
 """
