@@ -550,6 +550,44 @@ def test_recalibrate_refits_a_bundle_on_new_data_and_keeps_its_weights(
     assert "needs a non-empty 'val' source list" in capsys.readouterr().err
 
 
+def test_calibrate_chooses_the_post_processing_on_its_validation_data(tmp_path: Path) -> None:
+    import yaml
+
+    from backmice_vision.model.bundle import default_bundle_dir
+    from backmice_vision.model.train import fit_detection_calibration, recalibrate
+
+    shipped = load_bundle(default_bundle_dir("US"))
+    entry = {"type": "synthetic", "subjects": 6, "pool": 12, "seed": 12, "samples": 0,
+             "anatomy": {"no_nodule_prob": 0.3}, "calibration_samples": 10}  # fmt: skip
+    # a 59 mm minimum diameter drops every nodule: the second candidate must win although listed later
+    search = {"fp_per_image": 0.5, "candidates": [{"min_diameter_mm": 59.0}, {"min_diameter_mm": 4.0}]}
+    cfg = {"modality": "US", "data": {"val": [entry]}, "postprocessing_search": search}
+    out = recalibrate(default_bundle_dir("US"), cfg, tmp_path / "m", log=quiet)
+    new = load_bundle(out)
+    found = new.metadata["metrics"]["calibration"]["postprocessing_search"]
+    assert found["chosen"] == {"min_diameter_mm": 4.0}
+    first, second = (c["sensitivity"] for c in found["candidates"])
+    assert first == 0.0 < second
+    assert found["n_target_lesions"] > 0 and found["n_images"] == 10
+    assert new.postprocessing == {**shipped.postprocessing, "min_diameter_mm": 4.0}
+    # the calibration is the one fitted with the chosen post-processing alone
+    alone, _ = fit_detection_calibration(
+        shipped.network, shipped.preprocessing, [entry], torch.device("cpu"), quiet,
+        postprocessing=new.postprocessing,
+    )  # fmt: skip
+    assert new.calibration == json.loads(json.dumps(alone))
+
+    for bad, message in (
+        ({"candidates": []}, "non-empty 'candidates'"),
+        ({"candidates": [{"nodule_thresh": 0.3}]}, "nodule_thresh"),
+        ({"candidates": [{}], "fp_per_image": 0}, "fp_per_image must be a positive number"),
+    ):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "postprocessing_search": bad}))
+        with pytest.raises(ConfigError, match=message):
+            recalibrate(default_bundle_dir("US"), tmp_path / "c.yaml", tmp_path / "x", log=quiet)
+    assert not (tmp_path / "x").exists()
+
+
 def test_phantom_sources_are_generated_whole_or_not_at_all(tmp_path: Path) -> None:
     from backmice_vision.model.train import _maybe_generate
 

@@ -144,6 +144,7 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
     from ..findings import Thresholds
 
     out["postprocessing"] = Thresholds.check(out.get("postprocessing") or {}, f"{where}: postprocessing")
+    out["postprocessing_search"] = _check_search(out.get("postprocessing_search"), where)
     out.setdefault("augment", {})
     base = PROFILES[modality].default_preprocessing()
     try:
@@ -205,6 +206,23 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
     data.setdefault("max_frames_per_series", 8)
     data.setdefault("max_val_samples", 120)
     return out
+
+
+def _check_search(search: Any, where: str) -> dict[str, Any] | None:
+    """``postprocessing_search``: ``{candidates: [overrides, ...], fp_per_image: rate}`` or None."""
+    if search is None:
+        return None
+    from ..findings import Thresholds
+
+    what = f"{where}: postprocessing_search"
+    given = search.get("candidates") if isinstance(search, dict) else None
+    if not isinstance(given, list) or not given:
+        raise ConfigError(f"{what} needs a non-empty 'candidates' list of threshold overrides")
+    rate = search.get("fp_per_image", 0.25)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+        raise ConfigError(f"{what}.fp_per_image must be a positive number of false positives per image")
+    candidates = [Thresholds.check(c or {}, f"{what}.candidates[{i}]") for i, c in enumerate(given)]
+    return {"candidates": candidates, "fp_per_image": float(rate)}
 
 
 def _is_synthetic(source: Any) -> bool:
@@ -631,7 +649,10 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
             log,
             max_series=cfg["calibration_max_series"],
             postprocessing=cfg["postprocessing"],
+            search=cfg["postprocessing_search"],
         )
+    chosen = cal_report.get("postprocessing_search", {}).get("chosen", {})
+    postprocessing = {**cfg["postprocessing"], **chosen}
     training = {
         "config": {k: v for k, v in cfg.items() if k not in ("data",)} | {"data": data},
         "data": f"{len(train_items)} training / {len(val_items)} validation series "
@@ -661,7 +682,7 @@ def _train(config: dict[str, Any] | str | Path, *, resume: bool, device: str, lo
         training=training,
         metrics=metrics_out,
         calibration=calibration,
-        postprocessing=cfg["postprocessing"],
+        postprocessing=postprocessing,
         version=cfg["version"],
         changelog=None if cfg["changelog"] is None else {str(k): str(v) for k, v in cfg["changelog"].items()},
     )
@@ -691,8 +712,9 @@ def _calibration_cases(
     thresholds: dict[str, float],
     log: Log,
     max_series: int,
-) -> Iterator[tuple[ImageSeries, list[dict[str, Any]]]]:
-    """``(series, ground-truth nodules)`` for the calibration: the first ``max_series`` annotated
+) -> Iterator[tuple[ImageSeries, list[dict[str, Any]], str]]:
+    """``(series, ground-truth nodules, kind)`` for the calibration (``kind`` as in a phantom's ground
+    truth, e.g. ``us_cine``, else empty): the first ``max_series`` annotated
     validation series (a phantom's ``ground_truth.json``, visible nodules; for annotated DICOM / NIfTI the
     nodules of its label map, :func:`~backmice_vision.evaluation.truth_from_labels`), then the
     ``calibration_samples`` randomised images of a ``type: synthetic`` source (nodules of their label
@@ -702,7 +724,7 @@ def _calibration_cases(
     from .data import collect_items, load_item
     from .synthetic import SyntheticSource
 
-    def annotated() -> Iterator[tuple[ImageSeries, list[dict[str, Any]]]]:
+    def annotated() -> Iterator[tuple[ImageSeries, list[dict[str, Any]], str]]:
         for src in val_sources:
             if _is_synthetic(src):
                 continue
@@ -714,7 +736,8 @@ def _calibration_cases(
                         except BackmiceError as exc:
                             log(f"calibration: skipped {gt.parent.name}/{entry['folder']}: {exc.reason}")
                             continue
-                        yield series, [t for t in entry.get("nodules", []) if t.get("visible", True)]
+                        visible = [t for t in entry.get("nodules", []) if t.get("visible", True)]
+                        yield series, visible, str(entry.get("kind", ""))
                 continue
             for item in collect_items([src]):
                 try:
@@ -722,7 +745,7 @@ def _calibration_cases(
                 except BackmiceError as exc:
                     log(f"calibration: skipped {item.key}: {exc.reason}")
                     continue
-                yield series, truth_from_labels(series, labels, thresholds)
+                yield series, truth_from_labels(series, labels, thresholds), ""
 
     for k, case in enumerate(annotated()):
         if k >= max_series:
@@ -732,7 +755,7 @@ def _calibration_cases(
         if _is_synthetic(src) and int(src.get("calibration_samples", 0)) > 0:
             synthetic = SyntheticSource.from_config(src, prep)
             for series, labels in synthetic.calibration_series(int(src["calibration_samples"])):
-                yield series, truth_from_labels(series, labels, thresholds)
+                yield series, truth_from_labels(series, labels, thresholds), ""
 
 
 def fit_detection_calibration(
@@ -743,6 +766,7 @@ def fit_detection_calibration(
     log: Log,
     max_series: int = 40,
     postprocessing: Mapping[str, float] | None = None,
+    search: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit ``nodule``/``defect``/``series`` calibration (Platt) on detections in the validation series,
     found with ``configs/inference.yaml`` and the bundle's ``postprocessing`` thresholds.
@@ -751,33 +775,76 @@ def fit_detection_calibration(
     the annotation), at most ``max_series`` of them, plus the ``calibration_samples`` randomised images of
     a ``type: synthetic`` source (see :func:`_calibration_cases`). Returns ``(calibration params,
     report)``; a key is left out when fewer than 10 labelled detections (or only one outcome) are available.
+
+    ``search`` (``postprocessing_search`` of a config, see :func:`_check_search`) first chooses the
+    post-processing on the same series, as nnU-Net chooses its post-processing on validation data: each
+    candidate's overrides are applied over ``postprocessing`` to the one network output of every series,
+    and the candidate with the highest lesion sensitivity (targets as in
+    :mod:`backmice_vision.evaluation`) at ``fp_per_image`` false positives per image wins, the earliest on
+    a tie. The calibration is fitted on the winner's detections; ``report["postprocessing_search"]`` lists
+    every candidate's sensitivity and ``chosen``, the winning overrides.
     """
+    from ..evaluation import SeriesRecord, evaluate_series, sensitivity_at_rate
     from ..findings import extract_nodules, load_thresholds, match_nodules
     from .calibration import expected_calibration_error, fit_calibration
     from .inference import predict_probabilities
 
-    thresholds = dict(load_thresholds().replace(postprocessing))
-    scores: dict[str, list[tuple[float, int]]] = {"nodule": [], "defect": [], "series": []}
+    base = load_thresholds().replace(postprocessing)
+    thresholds = dict(base)
+    candidates: list[dict[str, float]] = [dict(c) for c in (search or {}).get("candidates", [{}])]
+    scores: list[dict[str, list[tuple[float, int]]]] = [
+        {"nodule": [], "defect": [], "series": []} for _ in candidates
+    ]
+    records: list[list[SeriesRecord]] = [[] for _ in candidates]
     n = 0
-    for series, truth in _calibration_cases(val_sources, prep, thresholds, log, max_series):
+    for series, truth, kind in _calibration_cases(val_sources, prep, thresholds, log, max_series):
         try:
             probs = predict_probabilities(net, series, device, prep=prep)
-            found, series_p = extract_nodules(series, probs, calibration=None, thresholds=thresholds)
+            outputs = [
+                extract_nodules(series, probs, calibration=None, thresholds=base.replace(more))
+                for more in candidates
+            ]
         except BackmiceError as exc:
             log(f"calibration: skipped a series: {exc.reason}")
             continue
         n += 1
-        for m in match_nodules(found, truth, series):
-            if m.pred is None or m.duplicate:
-                continue
-            scores["nodule"].append((found[m.pred].confidence, int(m.truth is not None)))
-            if m.truth is not None:
-                present = bool((truth[m.truth].get("defect") or {}).get("present", False))
-                scores["defect"].append((found[m.pred].fascia_defect.probability, int(present)))
-        scores["series"].append((series_p, int(bool(truth))))
-    params: dict[str, Any] = {}
+        for (found, series_p), collected, recs in zip(outputs, scores, records, strict=True):
+            for m in match_nodules(found, truth, series):
+                if m.pred is None or m.duplicate:
+                    continue
+                collected["nodule"].append((found[m.pred].confidence, int(m.truth is not None)))
+                if m.truth is not None:
+                    present = bool((truth[m.truth].get("defect") or {}).get("present", False))
+                    collected["defect"].append((found[m.pred].fascia_defect.probability, int(present)))
+            collected["series"].append((series_p, int(bool(truth))))
+            if search is not None:
+                recs.append(evaluate_series(series, found, series_p, {"nodules": truth, "kind": kind}))
     report: dict[str, Any] = {"series_used": n}
-    for key, pairs in scores.items():
+    chosen = 0
+    if search is not None:
+        rate = float(search["fp_per_image"])
+        n_images = sum(r.n_images for r in records[0])
+        sens = [
+            sensitivity_at_rate(
+                [s for r in recs for s in r.lesion_scores],
+                [s for r in recs for s in r.fp_scores],
+                n_images,
+                rate,
+            )
+            for recs in records
+        ]
+        ranked = [-1.0 if v is None else v for v in sens]
+        chosen = ranked.index(max(ranked))
+        report["postprocessing_search"] = {
+            "fp_per_image": rate,
+            "n_images": n_images,
+            "n_target_lesions": sum(len(r.lesion_scores) for r in records[0]),
+            "candidates": [{"overrides": c, "sensitivity": v} for c, v in zip(candidates, sens, strict=True)],
+            "chosen": candidates[chosen],
+        }
+        log(f"post-processing search at {rate:g} FP/image: " + json.dumps(report["postprocessing_search"]))
+    params: dict[str, Any] = {}
+    for key, pairs in scores[chosen].items():
         s = np.array([p[0] for p in pairs], dtype=np.float64)
         y = np.array([p[1] for p in pairs], dtype=np.float64)
         if len(pairs) < 10 or y.min(initial=1) == y.max(initial=0):
@@ -847,11 +914,15 @@ def recalibrate(
         log,
         max_series=cfg["calibration_max_series"],
         postprocessing=bundle.postprocessing,
+        search=cfg["postprocessing_search"],
     )
     if not params:
         raise ConfigError(f"{where}: too few labelled detections in data.val to fit any calibration")
     meta = copy.deepcopy(bundle.metadata)  # save_bundle writes the sha256 of the copied weights
     meta["calibration"] = params
+    chosen = report.get("postprocessing_search", {}).get("chosen", {})
+    if {**bundle.postprocessing, **chosen}:
+        meta["postprocessing"] = {**bundle.postprocessing, **chosen}
     meta.setdefault("metrics", {})["calibration"] = report
     meta["recalibration"] = {"data": val, "max_series": cfg["calibration_max_series"]}
     meta["network_data_format"]["inputs"]["image"]["preprocessing"] = prep.to_dict()
