@@ -543,18 +543,26 @@ def _no_target_fp(recs: list[SeriesRecord], threshold: float | None) -> float | 
 
 
 def summarise(
-    records: list[SeriesRecord], plots_dir: Path | None = None, operating_threshold: float | None = None
+    records: list[SeriesRecord],
+    plots_dir: Path | None = None,
+    operating_threshold: float | Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Per-modality metrics from series records; with ``plots_dir``, reliability PNGs are written there.
 
     ``operating_threshold``: the confidence below which the detector does not report a nodule
-    (``configs/inference.yaml``); its sensitivity and false positives per image are reported too.
+    (``configs/inference.yaml``, or a bundle's ``postprocessing``), one for all or one per modality; its
+    sensitivity and false positives per image are reported too.
     """
     from .model.calibration import expected_calibration_error, reliability_diagram
 
     out: dict[str, Any] = {}
     for modality in sorted({r.modality for r in records}):
         recs = [r for r in records if r.modality == modality]
+        operating = (
+            operating_threshold.get(modality)
+            if isinstance(operating_threshold, Mapping)
+            else operating_threshold
+        )
         n = len(recs)
         n_images = sum(r.n_images for r in recs)
         lesions = [s for r in recs for s in r.lesion_scores]
@@ -585,7 +593,7 @@ def summarise(
             "longest_diameter_signed_rel_error": _stats(
                 [e for r in recs for e in r.errors_mm.get("longest_diameter_signed_rel", [])]
             ),
-            "fp_per_image_no_target": _no_target_fp(recs, operating_threshold),
+            "fp_per_image_no_target": _no_target_fp(recs, operating),
             "by_size_mm": _by_size(recs, n_images),
             "by_border": _by_border(recs, n_images),
             "by_kind": _breakdown(recs, lambda r: r.kind),
@@ -597,8 +605,8 @@ def summarise(
                 list(_per_case(recs).values()), TARGET_FP_RATE.get(modality, 0.25)
             ),
         }
-        if operating_threshold is not None and lesions:
-            t = operating_threshold
+        if operating is not None and lesions:
+            t = operating
             m["operating_point"] = {
                 "confidence_threshold": t,
                 "sensitivity": sum(x is not None and x >= t for x in lesions) / len(lesions),
@@ -759,7 +767,7 @@ def run_evaluation(
     overrides = {**(thresholds or {}), "confidence_threshold": 0.0}
     # its own detector: it gets a hook below
     detector = Detector(model, device, thresholds=overrides, flip=flip, precision=precision)
-    operating = float(load_thresholds()["confidence_threshold"])
+    operating: dict[str, float] = {}  # per modality: inference.yaml < bundle postprocessing < thresholds
     records: list[SeriesRecord] = []
     problems: list[str] = []
     variants = {str(name): dict(more) for name, more in (variants or {}).items()}
@@ -792,6 +800,9 @@ def run_evaluation(
             problems.append(outcome.error)  # one line naming the file
             continue
         series = result.series
+        if series.modality not in operating:
+            chosen = load_thresholds().replace(detector.bundle_for(series.modality).postprocessing)
+            operating[series.modality] = float(chosen.replace(thresholds)["confidence_threshold"])
         if entry.get("series_instance_uid") not in (None, series.series_instance_uid):
             problems.append(f"{where}: series UID differs from the ground truth; skipped")
             continue
@@ -841,7 +852,7 @@ def _write_report(
     records: list[SeriesRecord],
     problems: list[str],
     out_dir: Path,
-    operating: float,
+    operating: Mapping[str, float],
     *,
     model: str | None,
     flip: bool,

@@ -404,8 +404,27 @@ def test_backmice_evaluate_on_a_generated_mr_case_writes_json_markdown_and_plots
     assert sensitivity_at_rate(lesions, fps, mr["n_images"], 0.5) == mr["froc"]["sensitivity"][2]
     assert len(lesions) == mr["n_target_nodules"]
 
-    # a second set whose case has the same folder name is a different case
+    # the operating point: configs/inference.yaml's, else the bundle's own (`backmice calibrate` may choose
+    # it), else an override; the FROC sweeps every confidence whatever it is
     import shutil
+
+    from backmice_vision.findings import load_thresholds
+    from backmice_vision.model.bundle import METADATA, default_bundle_dir
+
+    assert mr["operating_point"]["confidence_threshold"] == load_thresholds()["confidence_threshold"]
+    bundle = tmp_path / "mr_bundle"
+    shutil.copytree(default_bundle_dir("MR"), bundle)
+    meta = json.loads((bundle / METADATA).read_text())
+    meta["postprocessing"] = {**meta.get("postprocessing", {}), "confidence_threshold": 0.7}
+    (bundle / METADATA).write_text(json.dumps(meta))
+    own = run_evaluation([tmp_path / "data"], tmp_path / "ev_own", model=str(bundle), progress=False)
+    assert own["modalities"]["MR"]["operating_point"]["confidence_threshold"] == 0.7
+    assert own["modalities"]["MR"]["froc"] == mr["froc"]
+    data = [tmp_path / "data"]
+    over = run_evaluation(data, tmp_path / "ev_o", str(bundle), thresholds={"confidence_threshold": 0.5})
+    assert over["modalities"]["MR"]["operating_point"]["confidence_threshold"] == 0.5
+
+    # a second set whose case has the same folder name is a different case
 
     shutil.copytree(tmp_path / "data", tmp_path / "data2")
     both = run_evaluation([tmp_path / "data", tmp_path / "data2"], tmp_path / "ev2", progress=False)

@@ -577,15 +577,59 @@ def test_calibrate_chooses_the_post_processing_on_its_validation_data(tmp_path: 
     )  # fmt: skip
     assert new.calibration == json.loads(json.dumps(alone))
 
+    # the operating point: raised until the images without a nodule pass no false positive (0.01 per image)
+    from backmice_vision.evaluation import truth_from_labels
+    from backmice_vision.findings import load_thresholds
+    from backmice_vision.model.detector import Detector
+    from backmice_vision.model.synthetic import SyntheticSource
+
+    cfg["postprocessing_search"] = {**search, "nodule_free_fp_per_image": 0.01}
+    out = recalibrate(default_bundle_dir("US"), cfg, tmp_path / "o", log=quiet)
+    strict = load_bundle(out)
+    operating = strict.metadata["metrics"]["calibration"]["postprocessing_search"]["operating_point"]
+    threshold = strict.postprocessing["confidence_threshold"]
+    assert threshold == operating["confidence_threshold"] >= load_thresholds()["confidence_threshold"]
+    assert operating["nodule_free_fp_per_image"] == 0.0
+    assert strict.postprocessing["min_diameter_mm"] == 4.0
+    detector = Detector(str(out), "cpu")
+    assert detector.thresholds_for("US")["confidence_threshold"] == threshold
+    source = SyntheticSource.from_config(entry, shipped.preprocessing)
+    cases = source.calibration_series(10)
+    free = [series for series, labels in cases if not truth_from_labels(series, labels)]
+    assert len(free) == operating["nodule_free_images"] > 0
+    assert all(not detector.detect(series).nodules for series in free)
+
     for bad, message in (
         ({"candidates": []}, "non-empty 'candidates'"),
         ({"candidates": [{"nodule_thresh": 0.3}]}, "nodule_thresh"),
         ({"candidates": [{}], "fp_per_image": 0}, "fp_per_image must be a positive number"),
+        ({"candidates": [{}], "nodule_free_fp_per_image": -1}, "nodule_free_fp_per_image must be a positive"),
     ):
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "postprocessing_search": bad}))
         with pytest.raises(ConfigError, match=message):
             recalibrate(default_bundle_dir("US"), tmp_path / "c.yaml", tmp_path / "x", log=quiet)
     assert not (tmp_path / "x").exists()
+
+
+def test_operating_point_is_raised_until_images_without_nodules_pass_the_allowed_false_positives() -> None:
+    from backmice_vision.evaluation import SeriesRecord
+    from backmice_vision.findings import load_thresholds
+    from backmice_vision.model.train import _operating_point
+
+    def record(lesions: list[float | None], fps: list[float]) -> SeriesRecord:
+        return SeriesRecord("US", "c", "f", len(fps), lesions, lesions, fps)
+
+    records = [record([], [0.9, 0.37]), record([], [0.3]), record([0.8, None, 0.33], [0.95])]
+    base = load_thresholds()  # confidence_threshold 0.25
+    # 0.5 per image of the two without a nodule: one false positive passes, the next (0.37) must not
+    point = _operating_point(records, None, 0.5, base)
+    assert point["confidence_threshold"] == 0.38
+    assert point["nodule_free_images"] == 2 and point["nodule_free_fp_per_image"] == 0.5
+    assert point["sensitivity"] == pytest.approx(1 / 3) and point["sensitivity_at_base_threshold"] == 2 / 3
+    assert _operating_point(records, None, 2.0, base)["confidence_threshold"] == 0.25  # never below the base
+    # calibrated confidences: a Platt map that halves the logit moves the threshold with it
+    platt = {"method": "platt", "input": "probability", "a": 0.5, "b": 0.0}
+    assert _operating_point(records, platt, 0.5, base)["confidence_threshold"] == 0.44  # sigmoid(logit/2)
 
 
 def test_phantom_sources_are_generated_whole_or_not_at_all(tmp_path: Path) -> None:

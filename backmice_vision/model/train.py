@@ -209,7 +209,8 @@ def check_config(cfg: dict[str, Any], where: str = "config", *, need_train: bool
 
 
 def _check_search(search: Any, where: str) -> dict[str, Any] | None:
-    """``postprocessing_search``: ``{candidates: [overrides, ...], fp_per_image: rate}`` or None."""
+    """``postprocessing_search``: ``{candidates: [overrides, ...], fp_per_image: rate[,
+    nodule_free_fp_per_image: rate]}`` or None (see :func:`fit_detection_calibration`)."""
     if search is None:
         return None
     from ..findings import Thresholds
@@ -219,10 +220,17 @@ def _check_search(search: Any, where: str) -> dict[str, Any] | None:
     if not isinstance(given, list) or not given:
         raise ConfigError(f"{what} needs a non-empty 'candidates' list of threshold overrides")
     rate = search.get("fp_per_image", 0.25)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
-        raise ConfigError(f"{what}.fp_per_image must be a positive number of false positives per image")
+    free = search.get("nodule_free_fp_per_image")
+    for key, value in (("fp_per_image", rate), ("nodule_free_fp_per_image", free)):
+        wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+        if (key == "fp_per_image" or value is not None) and wrong:
+            raise ConfigError(f"{what}.{key} must be a positive number of false positives per image")
     candidates = [Thresholds.check(c or {}, f"{what}.candidates[{i}]") for i, c in enumerate(given)]
-    return {"candidates": candidates, "fp_per_image": float(rate)}
+    return {
+        "candidates": candidates,
+        "fp_per_image": float(rate),
+        "nodule_free_fp_per_image": None if free is None else float(free),
+    }
 
 
 def _is_synthetic(source: Any) -> bool:
@@ -782,7 +790,10 @@ def fit_detection_calibration(
     and the candidate with the highest lesion sensitivity (targets as in
     :mod:`backmice_vision.evaluation`) at ``fp_per_image`` false positives per image wins, the earliest on
     a tie. The calibration is fitted on the winner's detections; ``report["postprocessing_search"]`` lists
-    every candidate's sensitivity and ``chosen``, the winning overrides.
+    every candidate's sensitivity and ``chosen``, the winning overrides. With ``nodule_free_fp_per_image``
+    the winner's ``confidence_threshold`` (the operating point) is raised from the configured one until the
+    calibrated confidences of those series pass at most that many false positives per image without any
+    nodule (:func:`_operating_point`, reported as ``operating_point``).
     """
     from ..evaluation import SeriesRecord, evaluate_series, sensitivity_at_rate
     from ..findings import extract_nodules, load_thresholds, match_nodules
@@ -857,8 +868,44 @@ def fit_detection_calibration(
             "ece_before": expected_calibration_error(s, y),
             "ece_after_in_sample": expected_calibration_error(_apply(params[key], s), y),
         }
+    rate_free = (search or {}).get("nodule_free_fp_per_image")
+    if rate_free is not None:  # the nodule confidences as the detector will give them (identity if unfitted)
+        operating = _operating_point(records[chosen], params.get("nodule"), float(rate_free), base)
+        report["postprocessing_search"]["operating_point"] = operating
+        report["postprocessing_search"]["chosen"] = {
+            **candidates[chosen],
+            "confidence_threshold": operating["confidence_threshold"],
+        }
     log(f"calibration on {n} validation series: " + json.dumps(report))
     return params, report
+
+
+def _operating_point(
+    records: list[Any], nodule_params: dict[str, Any] | None, rate: float, base: Mapping[str, float]
+) -> dict[str, Any]:
+    """The lowest confidence threshold (two decimals, at least ``base``'s) that passes at most ``rate``
+    false positives per nodule-free image of ``records`` (:class:`~backmice_vision.evaluation.SeriesRecord`
+    with uncalibrated scores, calibrated here with ``nodule_params``), and what it gives there."""
+    empty = [r for r in records if not r.lesion_scores_all]
+    n_free = sum(r.n_images for r in empty)
+    fps = np.sort(_apply(nodule_params, np.array([s for r in empty for s in r.fp_scores])))[::-1]
+    threshold = float(base["confidence_threshold"])
+    allowed = int(np.floor(rate * n_free + 1e-9))
+    if fps.size > allowed:
+        above = math.ceil(float(fps[allowed]) * 100.0) / 100.0
+        threshold = max(threshold, above + 0.01 if above <= fps[allowed] else above)
+    lesions = _apply(nodule_params, np.array([s for r in records for s in r.lesion_scores if s is not None]))
+    n_lesions = sum(len(r.lesion_scores) for r in records)
+    return {
+        "confidence_threshold": round(threshold, 2),
+        "nodule_free_fp_per_image_target": rate,
+        "nodule_free_images": n_free,
+        "nodule_free_fp_per_image": float((fps >= threshold).sum() / n_free) if n_free else None,
+        "sensitivity": float((lesions >= threshold).sum() / n_lesions) if n_lesions else None,
+        "sensitivity_at_base_threshold": (
+            float((lesions >= base["confidence_threshold"]).sum() / n_lesions) if n_lesions else None
+        ),
+    }
 
 
 ZOOM_LINE = "- Inference zooms:"
@@ -943,7 +990,7 @@ def recalibrate(
     return saved
 
 
-def _apply(params: dict[str, Any], s: np.ndarray) -> np.ndarray:
+def _apply(params: dict[str, Any] | None, s: np.ndarray) -> np.ndarray:
     from .calibration import apply_calibration
 
     return apply_calibration(params, s)
