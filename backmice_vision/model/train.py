@@ -24,7 +24,9 @@ after rounding), ``init_from`` (optional bundle folder whose weights start the t
 e.g. the shipped model on your own annotated DICOM), ``version`` and ``changelog`` (the bundle's
 release: ``changelog`` maps versions to what changed, ``version`` included), ``postprocessing``
 (optional inference thresholds for this network, e.g. ``nodule_grow_threshold``: stored in the bundle,
-applied over ``configs/inference.yaml`` and used by the calibration).
+applied over ``configs/inference.yaml`` and used by the calibration), ``postprocessing_search`` (optional:
+candidate overrides of ``postprocessing`` tried on the validation data before the calibration, and the
+operating point chosen there; :func:`fit_detection_calibration`).
 
 Loop: DiceCE loss (Dice without background, over the batch; :func:`segmentation_loss`) on class-balanced
 patches; AdamW with cosine decay per epoch; validation after every epoch on the full validation tiles
