@@ -50,7 +50,12 @@ RELAXED = {
     "no fascia above": {"max_fascia_above": 1.0},
     "grown from 0.25": {"nodule_grow_threshold": 0.25},
     "aspect up to 10": {"max_aspect": 10.0},
-    "no size filter": {"min_diameter_mm": 0.0, "max_diameter_mm": 1000.0, "max_aspect": 1000.0, "min_area_px": 0.0},
+    "no size filter": {
+        "min_diameter_mm": 0.0,
+        "max_diameter_mm": 1000.0,
+        "max_aspect": 1000.0,
+        "min_area_px": 0.0,
+    },
     "threshold 0.3, no plausibility": {
         "nodule_threshold": 0.3,
         "min_fat_context": 0.0,
