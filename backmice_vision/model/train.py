@@ -969,9 +969,9 @@ def recalibrate(
         raise ConfigError(f"{where}: too few labelled detections in data.val to fit any calibration")
     meta = copy.deepcopy(bundle.metadata)  # save_bundle writes the sha256 of the copied weights
     meta["calibration"] = params
-    chosen = report.get("postprocessing_search", {}).get("chosen", {})
-    if {**bundle.postprocessing, **chosen}:
-        meta["postprocessing"] = {**bundle.postprocessing, **chosen}
+    postprocessing = {**bundle.postprocessing, **report.get("postprocessing_search", {}).get("chosen", {})}
+    if postprocessing:
+        meta["postprocessing"] = postprocessing
     meta.setdefault("metrics", {})["calibration"] = report
     meta["recalibration"] = {"data": val, "max_series": cfg["calibration_max_series"]}
     meta["network_data_format"]["inputs"]["image"]["preprocessing"] = prep.to_dict()
