@@ -425,7 +425,6 @@ def test_backmice_evaluate_on_a_generated_mr_case_writes_json_markdown_and_plots
     assert over["modalities"]["MR"]["operating_point"]["confidence_threshold"] == 0.5
 
     # a second set whose case has the same folder name is a different case
-
     shutil.copytree(tmp_path / "data", tmp_path / "data2")
     both = run_evaluation([tmp_path / "data", tmp_path / "data2"], tmp_path / "ev2", progress=False)
     assert both["n_cases"] == both["modalities"]["MR"]["n_cases"] == 2
